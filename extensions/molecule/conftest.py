@@ -1,0 +1,87 @@
+"""Helpers shared by the testinfra verifiers of every scenario.
+
+Each test talks to the real nodes through testinfra's Docker backend (the Ansible
+inventory Molecule writes uses the community.docker.docker connection).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+
+import pymysql
+import pytest
+import testinfra
+
+GROUP = "galera"
+ADMIN_PASSWORD = "dbtools-test-admin"  # the test-only network administrator made by resources/prepare.yml
+
+
+def sql(host, query: str, database: str | None = None) -> list[list[str]]:
+    """Run a query with the mariadb client on a node (root over the local socket).
+
+    Returns the rows as lists of strings; fails the test with the client's error.
+    """
+    cmd = "mariadb -N -B"
+    if database:
+        cmd += " -D " + shlex.quote(database)
+    result = host.run(cmd + " -e " + shlex.quote(query))
+    assert result.rc == 0, f"{host.backend.get_pytest_id()}: {query!r} failed: {result.stderr}"
+    return [line.split("\t") for line in result.stdout.splitlines()]
+
+
+def status(host, *names: str) -> dict[str, str]:
+    """Global status variables of a node, by lower-case name."""
+    wanted = ", ".join("'" + n + "'" for n in names)
+    rows = sql(host, "SELECT LOWER(VARIABLE_NAME), VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+                     f"WHERE VARIABLE_NAME IN ({wanted})")
+    return dict(rows)
+
+
+def variable(host, name: str) -> str:
+    rows = sql(host, f"SELECT @@GLOBAL.{name}")
+    return rows[0][0]
+
+
+@pytest.fixture(scope="session")
+def nodes(request) -> list:
+    """Every node of the cluster group, in inventory order."""
+    inventory = request.config.option.ansible_inventory
+    hosts = testinfra.get_hosts([GROUP], connection="ansible", ansible_inventory=inventory)
+    assert len(hosts) == 3, f"expected three Galera nodes in group {GROUP}, found {len(hosts)}"
+    return sorted(hosts, key=lambda h: h.backend.get_pytest_id())
+
+
+def node_of(nodes, name: str):
+    """The testinfra host of a node by inventory name."""
+    return next(n for n in nodes if n.backend.get_pytest_id().endswith(name))
+
+
+def container_ip(name: str) -> str:
+    out = subprocess.run(["docker", "inspect", name], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)[0]["NetworkSettings"]["Networks"]["dbtools-galera"]["IPAddress"]
+
+
+def admin_connection(name: str):
+    """A PyMySQL connection from the host to a node, as the test administrator."""
+    return pymysql.connect(host=container_ip(name), user="dbtools_admin", password=ADMIN_PASSWORD,
+                           autocommit=True, connect_timeout=10)
+
+
+def playbook_command(request, playbook: str, *extra: str) -> list:
+    return ["ansible-playbook", "-i", request.config.option.ansible_inventory, playbook, *extra]
+
+
+def playbook_env() -> dict:
+    return dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_CALLBACK_RESULT_FORMAT="json")
+
+
+def run_playbook(request, playbook: str, *extra: str, timeout: int = 900):
+    """Run a playbook of the collection against the cluster; ``.output`` is stdout and stderr
+    with whitespace collapsed (messages may be wrapped, failures go to stderr)."""
+    run = subprocess.run(playbook_command(request, playbook, *extra), capture_output=True, text=True,
+                         timeout=timeout, check=False, env=playbook_env())
+    run.output = " ".join((run.stdout + "\n" + run.stderr).split())
+    return run

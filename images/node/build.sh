@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Build the Galera node image from Debian packages, with no container registry:
+# mmdebstrap writes a root filesystem tarball, `docker import` turns it into an image.
+#
+#   images/node/build.sh [bookworm|trixie]     (default: bookworm, or $GALERA_SUITE)
+#
+# The image is tagged dbtools-galera-node:<suite>-<recipe hash> and dbtools-galera-node:<suite>.
+# The recipe hash covers this directory, so an unchanged recipe reuses the image and
+# any change to it rebuilds. Prints the image reference on the last line of stdout.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+suite=${1:-${GALERA_SUITE:-bookworm}}
+repo=dbtools-galera-node
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+security=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+
+case "$suite" in
+bookworm|trixie) ;;
+*) echo "build.sh: unknown suite '$suite' (use bookworm or trixie)" >&2; exit 2 ;;
+esac
+
+hash=$( (echo "$suite"; cd "$here" && cat build.sh packages.txt galera.cnf galera-node) | sha256sum | cut -c1-12)
+ref="$repo:$suite-$hash"
+
+if docker image inspect "$ref" >/dev/null 2>&1; then
+    echo "image $ref is up to date" >&2
+    docker tag "$ref" "$repo:$suite"
+    echo "$ref"
+    exit 0
+fi
+
+if ! command -v mmdebstrap >/dev/null 2>&1; then
+    echo "installing mmdebstrap (needs root and Debian's package archive)" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >&2
+fi
+
+packages=$(grep -v '^\s*#' "$here/packages.txt" | grep -v '^\s*$' | paste -sd, -)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+echo "building $ref from Debian $suite ..." >&2
+started=$(date +%s)
+mmdebstrap --variant=apt --quiet \
+    --include="$packages" \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --customize-hook="upload '$here/galera.cnf' /etc/mysql/mariadb.conf.d/60-galera.cnf" \
+    --customize-hook="upload '$here/galera-node' /usr/local/bin/galera-node" \
+    --customize-hook='chroot "$1" chmod 0755 /usr/local/bin/galera-node' \
+    --customize-hook='chroot "$1" sh -c "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; : > /etc/machine-id"' \
+    "$suite" "$work/rootfs.tar" \
+    "deb $mirror $suite main" \
+    "deb $mirror $suite-updates main" \
+    "deb $security $suite-security main" >&2
+
+docker import \
+    --change 'ENTRYPOINT ["/usr/bin/tini", "--"]' \
+    --change 'CMD ["sleep", "infinity"]' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change "LABEL org.dbtools.galera.recipe=$hash org.dbtools.galera.suite=$suite" \
+    "$work/rootfs.tar" "$ref" >&2
+docker tag "$ref" "$repo:$suite"
+echo "built $ref in $(( $(date +%s) - started ))s" >&2
+echo "$ref"

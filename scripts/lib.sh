@@ -1,0 +1,62 @@
+# Shared setup for scripts/test and scripts/demo (sourced, not run).
+# Everything is installed inside the checkout: a virtualenv in .venv with the pinned
+# tools of requirements-dev.txt, the collection linked into .build/collections, and
+# the node image built from Debian packages (images/node/build.sh).
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=$ROOT/.venv
+BUILD=$ROOT/.build
+export GALERA_SUITE=${GALERA_SUITE:-bookworm}
+
+log() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+require_docker() {
+    command -v docker >/dev/null 2>&1 || die "docker is not installed; install Docker Engine first (see README, Prerequisites)"
+    docker info >/dev/null 2>&1 || die "the Docker engine does not answer ('docker info' fails); start it or run as a user allowed to use it"
+}
+
+setup_venv() {
+    local python=${PYTHON:-python3} stamp
+    command -v "$python" >/dev/null 2>&1 || die "$python not found; Python 3.11 is required"
+    "$python" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' \
+        || die "$python is $("$python" -V 2>&1); Python 3.11 or newer is required"
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating virtualenv $VENV"
+        "$python" -m venv "$VENV" 2>/dev/null || {
+            command -v apt-get >/dev/null 2>&1 && { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; }
+            "$python" -m venv "$VENV"
+        } || die "cannot create a virtualenv (install python3-venv)"
+    fi
+    stamp=$(sha256sum "$ROOT/requirements-dev.txt" | cut -c1-16)
+    if [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$stamp" ]; then
+        log "installing pinned test tools (requirements-dev.txt)"
+        "$VENV/bin/pip" install -q --upgrade pip
+        "$VENV/bin/pip" install -q -r "$ROOT/requirements-dev.txt"
+        echo "$stamp" > "$VENV/.requirements"
+    fi
+    export PATH=$VENV/bin:$PATH
+    export VIRTUAL_ENV=$VENV
+}
+
+setup_collection() {
+    # Ansible finds the collection through a link named ansible_collections/dbtools/galera.
+    mkdir -p "$BUILD/collections/ansible_collections/dbtools"
+    ln -sfn "$ROOT" "$BUILD/collections/ansible_collections/dbtools/galera"
+    export ANSIBLE_COLLECTIONS_PATH=$BUILD/collections
+    export ANSIBLE_FORCE_COLOR=${ANSIBLE_FORCE_COLOR:-1}
+}
+
+setup_image() {
+    local ref
+    log "node image (Debian $GALERA_SUITE)"
+    ref=$("$ROOT/images/node/build.sh" "$GALERA_SUITE" | tail -n 1) || die "building the node image failed"
+    export GALERA_NODE_IMAGE=$ref
+}
+
+setup_all() {
+    require_docker
+    setup_venv
+    setup_collection
+    setup_image
+}

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.dbtools.galera.plugins.module_utils import _wsrep
+
+SYNCED_3 = dict(local_state=4, local_state_comment="Synced", cluster_status="Primary", ready=True,
+                cluster_size=3, recv_queue=0)
+
+
+@pytest.mark.parametrize("name, raw, expected", [
+    ("wsrep_cluster_size", "3", 3),
+    ("wsrep_local_recv_queue_avg", "0.125", 0.125),
+    ("wsrep_ready", "ON", True),
+    ("wsrep_desync", "OFF", False),
+    ("wsrep_local_state_comment", "Donor/Desynced", "Donor/Desynced"),
+    ("wsrep_cluster_state_uuid", "0a9b96b8-e84e-11f1-8837-e61f78bb5eef", "0a9b96b8-e84e-11f1-8837-e61f78bb5eef"),
+    ("wsrep_node_name", "1", "1"),
+    ("wsrep_cluster_conf_id", "18446744073709551615", 18446744073709551615),
+    ("version", "10.11.19-MariaDB-0+deb12u1", "10.11.19-MariaDB-0+deb12u1"),
+    ("wsrep_flow_control_paused", b"0.5", 0.5),
+    ("x", "nan", "nan"),
+    ("x", None, None),
+])
+def test_parse_value(name, raw, expected):
+    assert _wsrep.parse_value(name, raw) == expected
+
+
+def test_parse_rows_lower_cases_names():
+    assert _wsrep.parse_rows([("WSREP_READY", "ON"), ("wsrep_local_state", "4")]) == {
+        "wsrep_ready": True, "wsrep_local_state": 4}
+
+
+def test_parse_provider_options():
+    text = ("base_port = 4567; gcache.size = 256M; gcs.fc_factor = 1.0; gcs.fc_limit = 16; "
+            "pc.ignore_sb = false; evs.delay_margin = PT1S; ")
+    opts = _wsrep.parse_provider_options(text)
+    assert opts["gcs.fc_limit"] == 16
+    assert opts["gcs.fc_factor"] == 1.0
+    assert opts["pc.ignore_sb"] is False
+    assert opts["gcache.size"] == "256M"
+    assert opts["evs.delay_margin"] == "PT1S"
+    assert _wsrep.parse_provider_options(None) == {}
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("256M", 256 << 20), ("1G", 1 << 30), ("128k", 128 << 10), (1048576, 1048576), ("1.5G", int(1.5 * (1 << 30))),
+    ("junk", None), (None, None), (True, None),
+])
+def test_parse_size(value, expected):
+    assert _wsrep.parse_size(value) == expected
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({}, 8),
+    ({"gcs.fc_limit": 16, "gcs.fc_factor": 1.0}, 8),
+    ({"gcs.fc_limit": 100, "gcs.fc_factor": 0.8}, 40),
+    ({"gcs.fc_limit": 1, "gcs.fc_factor": 0.5}, 0),
+    ({"gcs.fc_limit": "bogus"}, 8),
+])
+def test_default_max_recv_queue_is_half_the_resume_point(options, expected):
+    assert _wsrep.default_max_recv_queue(options) == expected
+
+
+@pytest.mark.parametrize("variables, expected", [
+    ({"version": "10.11.19-MariaDB-0+deb12u1", "version_comment": "Debian 12"}, "mariadb"),
+    ({"version": "8.0.36-28.1", "version_comment": "Percona XtraDB Cluster (GPL), Release rel28"},
+     "percona-xtradb-cluster"),
+    ({"version": "8.0.35", "version_comment": "MySQL Community Server - (GPL), wsrep_26.1.4.3"}, "mysql-wsrep"),
+])
+def test_detect_flavor(variables, expected):
+    assert _wsrep.detect_flavor(variables) == expected
+
+
+@pytest.mark.parametrize("variables, status, fragment", [
+    ({}, {}, "no wsrep support"),
+    ({"wsrep_on": False}, {}, "wsrep_on is OFF"),
+    ({"wsrep_on": True, "wsrep_provider": "none"}, {}, "wsrep_provider is 'none'"),
+    ({"wsrep_on": True, "wsrep_provider": "/usr/lib/galera/libgalera_smm.so"}, {}, "provider is not running"),
+])
+def test_is_galera_says_why_not(variables, status, fragment):
+    assert fragment in _wsrep.is_galera(variables, status)
+
+
+def test_is_galera_accepts_a_running_node():
+    assert _wsrep.is_galera({"wsrep_on": True, "wsrep_provider": "/x.so"}, {"wsrep_local_state": 4}) is None
+
+
+def test_desync_allowed_on_synced_member_of_three():
+    assert _wsrep.desync_refusals(SYNCED_3, 2) == []
+
+
+@pytest.mark.parametrize("change, min_size, fragment", [
+    ({"cluster_status": "non-Primary"}, 2, "not in a Primary component (wsrep_cluster_status=non-Primary)"),
+    ({"ready": False}, 2, "not ready (wsrep_ready=OFF)"),
+    ({"local_state": 2, "local_state_comment": "Donor/Desynced"}, 2, "not Synced (wsrep_local_state_comment=Donor/Desynced)"),
+    ({"local_state": 3, "local_state_comment": "Joined"}, 2, "not Synced"),
+    ({"cluster_size": 2}, 2, "leave 1 synced member(s) of 2, fewer than min_cluster_size=2"),
+    ({}, 3, "fewer than min_cluster_size=3"),
+])
+def test_desync_refusals_name_the_cause(change, min_size, fragment):
+    reasons = _wsrep.desync_refusals(dict(SYNCED_3, **change), min_size)
+    assert len(reasons) == 1
+    assert fragment in reasons[0]
+
+
+def test_wait_conditions_met_and_unmet():
+    assert _wsrep.wait_conditions(SYNCED_3, 0, 3) == []
+    unmet = _wsrep.wait_conditions(dict(SYNCED_3, local_state=3, local_state_comment="Joined", recv_queue=40), 8, 3)
+    assert unmet == ["wsrep_local_state_comment is Joined, not Synced",
+                     "wsrep_local_recv_queue is 40, above max_recv_queue=8"]
+    assert _wsrep.wait_conditions(dict(SYNCED_3, cluster_size=2), 8, 3) == [
+        "wsrep_cluster_size is 2, below min_cluster_size=3"]
+
+
+@pytest.mark.parametrize("variables, expected", [
+    ({"wsrep_node_incoming_address": "AUTO", "wsrep_node_address": "galera-node3", "port": 3306}, "galera-node3:3306"),
+    ({"wsrep_node_incoming_address": "10.0.0.5:3307", "wsrep_node_address": "x"}, "10.0.0.5:3307"),
+    ({"wsrep_node_incoming_address": "AUTO", "wsrep_node_address": "10.0.0.5:4567", "port": 3310}, "10.0.0.5:3310"),
+    ({"wsrep_node_incoming_address": "AUTO", "wsrep_node_address": "[fd00::5]:4567", "port": 3306}, "[fd00::5]:3306"),
+    ({"wsrep_node_incoming_address": "AUTO", "hostname": "db1"}, "db1:3306"),
+    ({}, None),
+])
+def test_client_address(variables, expected):
+    assert _wsrep.client_address(variables) == expected
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_poller_yields_until_timeout_with_bounded_sleeps():
+    clock = FakeClock()
+    poller = _wsrep.Poller(2.5, 1.0, clock=clock, sleep=clock.sleep)
+    seen = list(poller)
+    assert seen == [0.0, 1.0, 2.0, 2.5]
+    assert poller.polls == 4
+    assert poller.elapsed == 2.5
+
+
+def test_poller_stops_when_caller_breaks():
+    clock = FakeClock()
+    poller = _wsrep.Poller(60, 1.0, clock=clock, sleep=clock.sleep)
+    for elapsed in poller:
+        if elapsed >= 3:
+            break
+    assert poller.polls == 4
+
+
+def test_poller_with_zero_timeout_polls_once():
+    clock = FakeClock()
+    assert list(_wsrep.Poller(0, 1.0, clock=clock, sleep=clock.sleep)) == [0.0]
