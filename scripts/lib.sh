@@ -45,6 +45,10 @@ setup_collection() {
     ln -sfn "$ROOT" "$BUILD/collections/ansible_collections/dbtools/galera"
     export ANSIBLE_COLLECTIONS_PATH=$BUILD/collections
     export ANSIBLE_FORCE_COLOR=${ANSIBLE_FORCE_COLOR:-1}
+    # Molecule keeps its state under ~/.ansible/tmp keyed by the checkout's directory *name*, so
+    # two checkouts called "main" would share it (and one would believe the other's cluster
+    # exists). Keep it inside this checkout instead.
+    export MOLECULE_EPHEMERAL_DIRECTORY=${MOLECULE_EPHEMERAL_DIRECTORY:-$BUILD/molecule}
 }
 
 setup_image() {
