@@ -4,7 +4,10 @@
 # the node image built from Debian packages (images/node/build.sh).
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The virtualenv and the pinned tools it holds; scripts/test compat swaps both for the
+# oldest ansible-core (tests/compat/oldest-core.txt).
 VENV=$ROOT/.venv
+REQUIREMENTS=$ROOT/requirements-dev.txt
 BUILD=$ROOT/.build
 export GALERA_SUITE=${GALERA_SUITE:-bookworm}
 
@@ -28,11 +31,11 @@ setup_venv() {
             "$python" -m venv "$VENV"
         } || die "cannot create a virtualenv (install python3-venv)"
     fi
-    stamp=$(sha256sum "$ROOT/requirements-dev.txt" | cut -c1-16)
+    stamp=$(sha256sum "$REQUIREMENTS" | cut -c1-16)
     if [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$stamp" ]; then
-        log "installing pinned test tools (requirements-dev.txt)"
+        log "installing pinned test tools (${REQUIREMENTS#"$ROOT"/})"
         "$VENV/bin/pip" install -q --upgrade pip
-        "$VENV/bin/pip" install -q -r "$ROOT/requirements-dev.txt"
+        "$VENV/bin/pip" install -q -r "$REQUIREMENTS"
         echo "$stamp" > "$VENV/.requirements"
     fi
     export PATH=$VENV/bin:$PATH

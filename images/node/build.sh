@@ -35,7 +35,11 @@ if ! command -v mmdebstrap >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >&2
 fi
 
-packages=$(grep -v '^\s*#' "$here/packages.txt" | grep -v '^\s*$' | paste -sd, -)
+packages=$(awk -v suite="$suite" '
+    /^[[:space:]]*(#|$)/ { next }
+    NF == 1 { print $1; next }
+    { for (i = 2; i <= NF; i++) { s = $i; gsub(/[][]/, "", s); if (s == suite) { print $1; next } } }
+' "$here/packages.txt" | paste -sd, -)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "building $ref from Debian $suite ..." >&2

@@ -12,6 +12,7 @@ mariadbd is found through its PID namespace and the thread through performance_s
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import glob
@@ -50,23 +51,34 @@ def applier_thread_os_ids(container: str) -> list[int]:
     return ids
 
 
-def host_tid(container: str, ns_tid: int) -> int:
-    """Map a thread id of the container's PID namespace to the host's, via NSpid of mariadbd's tasks."""
+def container_id(container: str) -> str:
     inspect = json.loads(subprocess.run(["docker", "inspect", container], check=True, capture_output=True,
                                         text=True).stdout)[0]
-    container_id = inspect["Id"]
+    return inspect["Id"]
+
+
+def container_pids(cid: str, names: tuple[str, ...]) -> list[int]:
+    """Host pids of the processes named ``names`` (their comm) that run in container ``cid``."""
+    pids = []
     for comm in glob.glob("/proc/[0-9]*/comm"):
         pid_dir = os.path.dirname(comm)
         try:
-            with open(comm, encoding="ascii") as handle:
-                if handle.read().strip() != "mariadbd":
+            with open(comm, encoding="ascii", errors="replace") as handle:
+                if handle.read().strip() not in names:
                     continue
-            with open(os.path.join(pid_dir, "cgroup"), encoding="ascii") as handle:
-                if container_id not in handle.read():
+            with open(os.path.join(pid_dir, "cgroup"), encoding="ascii", errors="replace") as handle:
+                if cid not in handle.read():
                     continue
         except OSError:
             continue
-        for status in glob.glob(os.path.join(pid_dir, "task", "*", "status")):
+        pids.append(int(os.path.basename(pid_dir)))
+    return pids
+
+
+def host_tid(container: str, ns_tid: int) -> int:
+    """Map a thread id of the container's PID namespace to the host's, via NSpid of mariadbd's tasks."""
+    for pid in container_pids(container_id(container), ("mariadbd",)):
+        for status in glob.glob(f"/proc/{pid}/task/*/status"):
             try:
                 with open(status, encoding="ascii") as handle:
                     for line in handle:
@@ -79,23 +91,33 @@ def host_tid(container: str, ns_tid: int) -> int:
     raise RuntimeError(f"{container}: thread {ns_tid} of mariadbd not found on the host")
 
 
-def freeze(container: str, seconds: float) -> dict:
+@contextlib.contextmanager
+def frozen(container: str):
+    """Keep the container's applier threads stopped for the duration of the ``with`` block.
+
+    Yields the host thread ids; they are released on exit, whatever happens inside.
+    """
     tids = [host_tid(container, t) for t in applier_thread_os_ids(container)]
-    frozen = []
-    started = time.monotonic()
+    stopped = []
     try:
         for tid in tids:
             _ptrace(PTRACE_SEIZE, tid)
-            frozen.append(tid)
+            stopped.append(tid)
             _ptrace(PTRACE_INTERRUPT, tid)
             os.waitpid(tid, WALL)
-        time.sleep(seconds)
+        yield tids
     finally:
-        for tid in frozen:
+        for tid in stopped:
             try:
                 _ptrace(PTRACE_DETACH, tid)
             except OSError:
                 pass
+
+
+def freeze(container: str, seconds: float) -> dict:
+    started = time.monotonic()
+    with frozen(container) as tids:
+        time.sleep(seconds)
     return {"container": container, "threads": tids, "frozen_seconds": round(time.monotonic() - started, 2)}
 
 

@@ -1,0 +1,499 @@
+"""Benchmark: a backup on a live Galera cluster, three ways, under the same write load.
+
+    scripts/bench                     # sets everything up and runs this; see README "Benchmark"
+
+On the local three-node Docker cluster, with sysbench writing on galera-node1 at a steady rate,
+the same backup load runs on galera-node3 three times:
+
+  naive   mariabackup on the Synced node
+  manual  the field notes' procedure: SET GLOBAL wsrep_desync=ON, mariabackup, OFF at once
+  role    ansible-playbook dbtools.galera.backup (desync with lease and watchdog, backup,
+          checksum, drain, resync, wait for Synced)
+
+The backup load is a real mariabackup run (throttled, so that its copy phase lasts some
+seconds) plus the applier freeze of design.md: during the tool's copy phase node3's wsrep
+applier thread is stopped with ptrace, which models a disk so busy with the backup that the
+node cannot apply write sets (its group communication goes on). The freeze ends when the tool
+asks for its backup lock (BACKUP STAGE BLOCK_DDL/BLOCK_COMMIT wait for the applier) or exits.
+The load is closed-loop by default (--rate 0): sysbench threads wait for their commits, as an
+application's connection pool does, so throughput lost in a stall is lost, not queued.
+
+Every 0.2 s the bench reads wsrep_last_committed and the flow-control counters of the writer
+and the backup node. Flow control and the writer's paused fraction are counted from the tool's
+start until the node is Synced (the backup cycle) and, for flow control, also over the whole run,
+which for the role includes its health check and pre-flight on the still Synced node. It prints one table, writes the figures as JSON and the write rate over
+time as a PNG. It then times the ad-hoc module galera_desync against
+community.mysql.mysql_variables setting the same variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import pymysql
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+import freeze_applier  # noqa: E402  pylint: disable=wrong-import-position
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+INVENTORY = os.path.join(ROOT, "extensions", "molecule", "resources", "inventory.ini")
+NETWORK = "dbtools-galera"
+ADMIN = {"user": "dbtools_admin", "password": "dbtools-test-admin"}  # made by resources/prepare.yml
+WRITER, BACKUP_NODE = "galera-node1", "galera-node3"
+TOOL_NAMES = ("mariabackup", "mariadb-backup")
+SAMPLE_SECONDS = 0.2
+ARMS = ("naive", "manual", "role")
+ARM_TITLES = {
+    "naive": "naive: backup on a Synced node",
+    "manual": "manual: desync ON, backup, OFF at once",
+    "role": "dbtools.galera.backup",
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def container_ip(name: str) -> str:
+    out = subprocess.run(["docker", "inspect", name], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)[0]["NetworkSettings"]["Networks"][NETWORK]["IPAddress"]
+
+
+def connect(name: str):
+    return pymysql.connect(host=container_ip(name), autocommit=True, connect_timeout=10, **ADMIN)
+
+
+def status(conn, *names: str) -> dict:
+    with conn.cursor() as cur:
+        cur.execute("SELECT LOWER(VARIABLE_NAME), VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+                    "WHERE VARIABLE_NAME IN (" + ",".join(["%s"] * len(names)) + ")", [n.upper() for n in names])
+        return dict(cur.fetchall())
+
+
+def docker_exec(container: str, *argv: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", "exec", container, *argv], check=check, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def node_sql(container: str, query: str) -> str:
+    return docker_exec(container, "mariadb", "-N", "-B", "-e", query).stdout.strip()
+
+
+@dataclass
+class Sample:
+    t: float
+    committed: int
+    paused_ns: int
+    fc_sent: int
+    queue: int
+    state: str
+
+
+class Sampler(threading.Thread):
+    """Reads the writer's commit counter and the backup node's queue and flow control."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[Sample] = []
+        self._halt = threading.Event()
+        self._writer = connect(WRITER)
+        self._node = connect(BACKUP_NODE)
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            t = time.monotonic()
+            w = status(self._writer, "wsrep_last_committed", "wsrep_flow_control_paused_ns")
+            n = status(self._node, "wsrep_flow_control_sent", "wsrep_local_recv_queue", "wsrep_local_state_comment")
+            self.samples.append(Sample(t, int(w["wsrep_last_committed"]), int(w["wsrep_flow_control_paused_ns"]),
+                                       int(n["wsrep_flow_control_sent"]), int(n["wsrep_local_recv_queue"]),
+                                       n["wsrep_local_state_comment"]))
+            self._halt.wait(max(0.0, SAMPLE_SECONDS - (time.monotonic() - t)))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+        self._writer.close()
+        self._node.close()
+
+
+class ToolFreezer(threading.Thread):
+    """Waits for the backup tool to start on the node, then freezes the node's applier for the
+    tool's copy phase: until the tool asks for its backup lock (a BACKUP STAGE past START, or
+    FLUSH TABLES WITH READ LOCK), which waits for the applier, or exits, or ``limit`` seconds
+    pass. This is a disk too busy with the backup for the node to apply write sets; at the end
+    of the copy the node is as far behind as the backup made it. Records when the tool ran."""
+
+    LOCK_QUERY = ("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'BACKUP STAGE%' "
+                  "AND INFO NOT LIKE 'BACKUP STAGE START%' OR INFO LIKE 'FLUSH TABLE%WITH READ LOCK%'")
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(daemon=True)
+        self.limit = limit
+        self.tool_start: float | None = None
+        self.tool_end: float | None = None
+        self.frozen_seconds = 0.0
+        self.error: str | None = None
+        self._cid = freeze_applier.container_id(BACKUP_NODE)
+        self._conn = connect(BACKUP_NODE)
+        self._halt = threading.Event()
+
+    def _tool_running(self) -> bool:
+        """A ``mariabackup --backup`` runs on the node (not a ``--version`` of a pre-flight check)."""
+        for pid in freeze_applier.container_pids(self._cid, TOOL_NAMES):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    if b"\0--backup\0" in handle.read() + b"\0":
+                        return True
+            except OSError:
+                continue
+        return False
+
+    def _tool_locking(self) -> bool:
+        with self._conn.cursor() as cur:
+            cur.execute(self.LOCK_QUERY)
+            return cur.fetchone()[0] > 0
+
+    def run(self) -> None:
+        try:
+            while not self._tool_running():
+                if self._halt.wait(0.05):
+                    return
+            self.tool_start = time.monotonic()
+            with freeze_applier.frozen(BACKUP_NODE):
+                while (self._tool_running() and not self._tool_locking()
+                       and time.monotonic() - self.tool_start < self.limit):
+                    time.sleep(0.05)
+                self.frozen_seconds = time.monotonic() - self.tool_start
+            while self._tool_running():
+                time.sleep(0.05)
+            self.tool_end = time.monotonic()
+        except (OSError, RuntimeError, pymysql.MySQLError) as exc:
+            self.error = str(exc)
+        finally:
+            self._conn.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=900)
+
+
+class Load:
+    """sysbench oltp_write_only on the writer, at a steady rate, for one arm."""
+
+    def __init__(self, rate: int, threads: int, seconds: int) -> None:
+        self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
+            ["docker", "exec", WRITER, "sysbench", "oltp_write_only", "--mysql-socket=/run/mysqld/mysqld.sock",
+             "--mysql-user=root", "--mysql-db=sbtest", "--tables=4", "--table-size=20000",
+             f"--threads={threads}", f"--rate={rate}", f"--time={seconds}", "--report-interval=5",
+             "--mysql-ignore-errors=all", "run"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def stop(self) -> str:
+        docker_exec(WRITER, "pkill", "-INT", "-x", "sysbench", check=False)
+        out = self.proc.communicate(timeout=60)[0]
+        return out
+
+
+def wait_synced(timeout: float = 300) -> float:
+    """Until the backup node is Synced, not desynced and caught up; returns when it was."""
+    conn = connect(BACKUP_NODE)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s = status(conn, "wsrep_local_state_comment", "wsrep_local_recv_queue")
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@GLOBAL.wsrep_desync")
+                desync = cur.fetchone()[0]
+            if s["wsrep_local_state_comment"] == "Synced" and not desync and int(s["wsrep_local_recv_queue"]) == 0:
+                return time.monotonic()
+            time.sleep(0.1)
+    finally:
+        conn.close()
+    raise RuntimeError(f"{BACKUP_NODE} did not return to Synced within {timeout} s")
+
+
+def mariabackup_command(throttle: int, target: str) -> list[str]:
+    """The same backup the role makes: streamed xbstream, zstd, galera info; throttled IO."""
+    return ["sh", "-c",
+            "set -e; rm -rf /var/backups/bench && mkdir -p /var/backups/bench/tmp && "
+            f"mariabackup --backup --galera-info --stream=xbstream --target-dir=/var/backups/bench/tmp "
+            f"--throttle={throttle} 2>/var/backups/bench/backup.log | zstd -q -T1 -3 -o /var/backups/bench/{target}"]
+
+
+def set_desync(value: str) -> None:
+    node_sql(BACKUP_NODE, f"SET GLOBAL wsrep_desync={value}")
+
+
+def run_procedure(arm: str, throttle: int, freezer: ToolFreezer) -> dict:
+    """The backup procedure of one arm; returns its timestamps."""
+    marks: dict = {"start": time.monotonic()}
+    if arm == "naive":
+        docker_exec(BACKUP_NODE, *mariabackup_command(throttle, "naive.xbstream.zst"))
+    elif arm == "manual":
+        set_desync("ON")
+        docker_exec(BACKUP_NODE, *mariabackup_command(throttle, "manual.xbstream.zst"))
+        set_desync("OFF")
+    else:
+        env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+        run = subprocess.run(
+            ["ansible-playbook", "-i", INVENTORY, "dbtools.galera.backup",
+             "-e", f"galera_backup_node={BACKUP_NODE}", "-e", "galera_backup_method=mariabackup",
+             "-e", "galera_backup_verify=checksum", "-e", "galera_backup_retention=1",
+             "-e", "galera_backup_lease_owner=bench",
+             "-e", json.dumps({"galera_backup_extra_args": [f"--throttle={throttle}"]})],
+            capture_output=True, text=True, env=env, check=False, timeout=1800)
+        if run.returncode != 0:
+            raise RuntimeError("the backup playbook failed:\n" + run.stdout[-3000:] + run.stderr[-3000:])
+    marks["done"] = time.monotonic()
+    marks["synced"] = wait_synced()
+    freezer.stop()
+    if freezer.error:
+        raise RuntimeError(f"freezing the applier failed: {freezer.error}")
+    if freezer.tool_start is None or freezer.tool_end is None:
+        raise RuntimeError("the backup tool was not seen running on the node")
+    marks["tool_start"], marks["tool_end"] = freezer.tool_start, freezer.tool_end
+    marks["frozen_seconds"] = freezer.frozen_seconds
+    return marks
+
+
+def between(samples: list[Sample], t0: float, t1: float) -> list[Sample]:
+    return [s for s in samples if t0 <= s.t <= t1]
+
+
+def rate(samples: list[Sample]) -> float:
+    if len(samples) < 2 or samples[-1].t <= samples[0].t:
+        return 0.0
+    return (samples[-1].committed - samples[0].committed) / (samples[-1].t - samples[0].t)
+
+
+def longest_zero_stretch(samples: list[Sample]) -> float:
+    """Longest time during which the cluster committed nothing, at the sampling resolution."""
+    longest, since = 0.0, None
+    for prev, cur in zip(samples, samples[1:]):
+        if cur.committed == prev.committed:
+            since = prev.t if since is None else since
+            longest = max(longest, cur.t - since)
+        else:
+            since = None
+    return longest
+
+
+def arm_figures(arm: str, samples: list[Sample], marks: dict, baseline_window: float, tail: float) -> dict:
+    t0 = marks["start"]
+    base = rate(between(samples, t0 - baseline_window, t0))
+    during = between(samples, marks["tool_start"], marks["tool_end"])
+    resync = between(samples, marks["tool_end"], next((x.t for x in samples if x.t >= marks["tool_end"]
+                                                       and x.state == "Synced"), marks["synced"]))
+    whole = between(samples, t0, marks["synced"] + tail)
+    # the backup cycle: from the tool's start until the node is first seen Synced after the tool
+    # ended (the role goes on with its manifest and retention after that, on a Synced node)
+    synced_at = next((x.t for x in samples if x.t >= marks["tool_end"] and x.state == "Synced"), marks["synced"])
+    marks["node_synced"] = synced_at
+    cycle = between(samples, marks["tool_start"], synced_at)
+    paused_s = (cycle[-1].paused_ns - cycle[0].paused_ns) / 1e9 if cycle else 0.0
+    span = cycle[-1].t - cycle[0].t if cycle else 1.0
+    tool_seconds = marks["tool_end"] - marks["tool_start"]
+    wall = marks["synced"] - t0
+    return {
+        "arm": arm,
+        "title": ARM_TITLES[arm],
+        "baseline_tps": round(base, 1),
+        "backup_window_seconds": round(tool_seconds, 1),
+        "tps_during_backup_pct": round(100 * rate(during) / base, 1) if base else None,
+        "tps_backup_end_to_synced_pct": round(100 * rate(resync) / base, 1) if base and len(resync) > 1 else None,
+        "longest_zero_commit_seconds": round(longest_zero_stretch(whole), 1),
+        "flow_control_sent_by_backup_node": cycle[-1].fc_sent - cycle[0].fc_sent if cycle else None,
+        "flow_control_sent_whole_run": whole[-1].fc_sent - whole[0].fc_sent if whole else None,
+        "writer_paused_fraction": round(paused_s / span, 3) if span else None,
+        "max_recv_queue": max((s.queue for s in whole), default=0),
+        "backup_end_to_synced_seconds": round(synced_at - marks["tool_end"], 1),
+        "applier_frozen_seconds": round(marks["frozen_seconds"], 1),
+        "wall_seconds": round(wall, 1),
+        "overhead_seconds": round(wall - tool_seconds, 1),
+    }
+
+
+def run_arm(arm: str, args) -> tuple[dict, list[Sample], dict]:
+    wait_synced()
+    log(f"arm {arm}: {ARM_TITLES[arm]}")
+    sampler = Sampler()
+    sampler.start()
+    load = Load(args.rate, args.threads, 3600)
+    freezer = ToolFreezer(args.freeze)
+    try:
+        time.sleep(args.warmup + args.baseline)
+        freezer.start()
+        marks = run_procedure(arm, args.throttle, freezer)
+        time.sleep(args.tail)
+    finally:
+        freezer.stop()
+        load_out = load.stop()
+        sampler.stop()
+        if arm != "naive":
+            # whatever happened, the node is not left desynced by the bench
+            if node_sql(BACKUP_NODE, "SELECT @@GLOBAL.wsrep_desync") != "0":
+                set_desync("OFF")
+    if "FATAL" in load_out:
+        raise RuntimeError("sysbench failed:\n" + load_out[-2000:])
+    figures = arm_figures(arm, sampler.samples, marks, args.baseline, args.tail)
+    log(f"arm {arm}: {json.dumps(figures)}")
+    return figures, sampler.samples, marks
+
+
+def time_adhoc(repeats: int) -> dict:
+    """Wall time of one ad-hoc call: galera_desync vs community.mysql.mysql_variables."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+
+    def call(module: str, module_args: str) -> float:
+        t = time.monotonic()
+        run = subprocess.run(["ansible", "-i", INVENTORY, BACKUP_NODE, "-m", module, "-a", module_args],
+                             capture_output=True, text=True, env=env, check=False)
+        if run.returncode != 0:
+            raise RuntimeError(f"ansible -m {module} -a '{module_args}' failed:\n{run.stdout}{run.stderr}")
+        return time.monotonic() - t
+
+    socket = "login_unix_socket=/run/mysqld/mysqld.sock"
+    ours: list[float] = []
+    theirs: list[float] = []
+    for _repeat in range(repeats):
+        wait_synced()
+        ours.append(call("dbtools.galera.galera_desync", "state=desynced owner=bench"))
+        ours.append(call("dbtools.galera.galera_desync", "state=synced owner=bench"))
+        wait_synced()
+        theirs.append(call("community.mysql.mysql_variables", f"variable=wsrep_desync value=ON {socket}"))
+        theirs.append(call("community.mysql.mysql_variables", f"variable=wsrep_desync value=OFF {socket}"))
+    result = {
+        "repeats": repeats,
+        "galera_desync_median_seconds": round(statistics.median(ours), 2),
+        "mysql_variables_median_seconds": round(statistics.median(theirs), 2),
+    }
+    result["ratio"] = round(result["galera_desync_median_seconds"] / result["mysql_variables_median_seconds"], 2)
+    return result
+
+
+def plot(series: dict, figures: list[dict], path: str) -> None:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    fig, axes = plt.subplots(len(series), 1, figsize=(10, 2.6 * len(series)), sharex=True, sharey=True,
+                             squeeze=False)
+    axes = [row[0] for row in axes]
+    for ax, fig_row in zip(axes, figures):
+        arm = fig_row["arm"]
+        samples, marks = series[arm]
+        t0 = marks["tool_start"]
+        xs, ys = [], []
+        for prev, cur in zip(samples, samples[1:]):
+            xs.append(cur.t - t0)
+            ys.append((cur.committed - prev.committed) / (cur.t - prev.t))
+        # one-second moving average of the 0.2 s rates, for readability
+        k = max(1, int(round(1 / SAMPLE_SECONDS)))
+        smooth = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1]) for i in range(len(ys))]
+        ax.plot(xs, smooth, color="tab:blue", linewidth=1.2, label="cluster commits/s (writer)")
+        ax.axvspan(0, marks["tool_end"] - t0, color="tab:orange", alpha=0.15, label="backup tool running")
+        ax.axvspan(0, marks["frozen_seconds"], color="tab:red", alpha=0.12, label="applier frozen")
+        ax.axvline(marks["node_synced"] - t0, color="tab:green", linestyle="--", linewidth=1, label="node Synced")
+        ax.set_title(f"{fig_row['title']}: {fig_row['tps_during_backup_pct']}% of baseline during the backup, "
+                     f"longest stall {fig_row['longest_zero_commit_seconds']} s, "
+                     f"flow control sent {fig_row['flow_control_sent_by_backup_node']}", fontsize=9)
+        ax.set_ylabel("tps")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper right", fontsize=7, ncol=4)
+    axes[-1].set_xlabel("seconds since the backup tool started on galera-node3")
+    fig.suptitle("Cluster write rate while galera-node3 is backed up (sysbench on galera-node1)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_table(figures: list[dict], adhoc: dict | None) -> None:
+    rows = [
+        ("write tps during the backup, % of baseline", "tps_during_backup_pct"),
+        ("write tps from backup end to Synced, % of baseline", "tps_backup_end_to_synced_pct"),
+        ("longest stretch with zero commits (s)", "longest_zero_commit_seconds"),
+        ("flow control sent by the backup node, tool start to Synced", "flow_control_sent_by_backup_node"),
+        ("writer paused by flow control, tool start to Synced (fraction)", "writer_paused_fraction"),
+        ("flow control sent by the backup node, whole run", "flow_control_sent_whole_run"),
+        ("largest receive queue on the backup node", "max_recv_queue"),
+        ("backup end to Synced (s; the role verifies, drains, resyncs)", "backup_end_to_synced_seconds"),
+        ("backup tool time (s)", "backup_window_seconds"),
+        ("wall time, procedure start to end (s)", "wall_seconds"),
+        ("overhead: wall time minus tool time (s)", "overhead_seconds"),
+        ("baseline tps", "baseline_tps"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(" " * width + "".join(f"{f['arm']:>12}" for f in figures))
+    for label, key in rows:
+        print(f"{label:<{width}}" + "".join(f"{str(f[key]):>12}" for f in figures))
+    if adhoc:
+        print(f"\nad-hoc call, median of {adhoc['repeats'] * 2}: galera_desync {adhoc['galera_desync_median_seconds']} s, "
+              f"community.mysql.mysql_variables {adhoc['mysql_variables_median_seconds']} s, ratio {adhoc['ratio']}")
+
+
+def prepare_data() -> None:
+    if node_sql(WRITER, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'sbtest'") != "4":
+        log("creating the sysbench tables (4 x 20000 rows)")
+        node_sql(WRITER, "CREATE DATABASE IF NOT EXISTS sbtest")
+        docker_exec(WRITER, "sysbench", "oltp_write_only", "--mysql-socket=/run/mysqld/mysqld.sock",
+                    "--mysql-user=root", "--mysql-db=sbtest", "--tables=4", "--table-size=20000", "prepare")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "out"), help="directory for JSON and PNG")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of naive,manual,role")
+    parser.add_argument("--rate", type=int, default=0,
+                        help="sysbench transactions per second; 0 (default): closed loop, each thread waits for its "
+                             "commit like a connection pool, so throughput lost in a stall stays lost")
+    parser.add_argument("--threads", type=int, default=2, help="sysbench threads")
+    parser.add_argument("--freeze", type=float, default=60,
+                        help="the applier stays frozen during the tool's copy phase, at most this long (s)")
+    parser.add_argument("--throttle", type=int, default=30,
+                        help="mariabackup --throttle (IO operations per second), sets how long the tool runs")
+    parser.add_argument("--warmup", type=float, default=5)
+    parser.add_argument("--baseline", type=float, default=10)
+    parser.add_argument("--tail", type=float, default=5)
+    parser.add_argument("--adhoc-repeats", type=int, default=5, help="0 skips the ad-hoc timing")
+    args = parser.parse_args()
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        parser.error(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
+    if os.geteuid() != 0:
+        parser.error("the applier freeze uses ptrace on the node's mariadbd from the host: run as root")
+    os.makedirs(args.out, exist_ok=True)
+    prepare_data()
+    figures, series = [], {}
+    for arm in arms:
+        fig_row, samples, marks = run_arm(arm, args)
+        figures.append(fig_row)
+        series[arm] = (samples, marks)
+    adhoc = time_adhoc(args.adhoc_repeats) if args.adhoc_repeats else None
+    samples_out = {arm: [{"t": round(x.t - marks["tool_start"], 2), "committed": x.committed,
+                          "paused_ns": x.paused_ns, "fc_sent": x.fc_sent, "queue": x.queue, "state": x.state}
+                         for x in samples] for arm, (samples, marks) in series.items()}
+    result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "arms": figures, "adhoc": adhoc,
+              "samples": samples_out,
+              "server": node_sql(BACKUP_NODE, "SELECT CONCAT(VERSION(), ' / galera ', "
+                                              "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+                                              "WHERE VARIABLE_NAME = 'WSREP_PROVIDER_VERSION'))")}
+    with open(os.path.join(args.out, "bench.json"), "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+    plot(series, figures, os.path.join(args.out, "bench.png"))
+    print_table(figures, adhoc)
+    print(f"\nfigures: {os.path.join(args.out, 'bench.json')}\nplot:    {os.path.join(args.out, 'bench.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
