@@ -61,6 +61,14 @@ setup_image() {
     export GALERA_NODE_IMAGE=$ref
 }
 
+# True when the three node containers of the local cluster exist.
+cluster_exists() {
+    local n
+    for n in galera-node1 galera-node2 galera-node3; do
+        docker inspect "$n" >/dev/null 2>&1 || return 1
+    done
+}
+
 setup_all() {
     require_docker
     setup_venv

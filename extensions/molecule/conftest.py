@@ -6,17 +6,18 @@ inventory Molecule writes uses the community.docker.docker connection).
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
+import sys
 
-import pymysql
 import pytest
 import testinfra
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "tools"))
+from local_cluster import admin_connection  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
+
 GROUP = "galera"
-ADMIN_PASSWORD = "dbtools-test-admin"  # the test-only network administrator made by resources/prepare.yml
 
 
 def sql(host, query: str, database: str | None = None) -> list[list[str]]:
@@ -57,17 +58,6 @@ def nodes(request) -> list:
 def node_of(nodes, name: str):
     """The testinfra host of a node by inventory name."""
     return next(n for n in nodes if n.backend.get_pytest_id().endswith(name))
-
-
-def container_ip(name: str) -> str:
-    out = subprocess.run(["docker", "inspect", name], check=True, capture_output=True, text=True).stdout
-    return json.loads(out)[0]["NetworkSettings"]["Networks"]["dbtools-galera"]["IPAddress"]
-
-
-def admin_connection(name: str):
-    """A PyMySQL connection from the host to a node, as the test administrator."""
-    return pymysql.connect(host=container_ip(name), user="dbtools_admin", password=ADMIN_PASSWORD,
-                           autocommit=True, connect_timeout=10)
 
 
 def playbook_command(request, playbook: str, *extra: str) -> list:

@@ -2,8 +2,8 @@
 
     scripts/bench                     # sets everything up and runs this; see README "Benchmark"
 
-On the local three-node Docker cluster, with sysbench writing on galera-node1 at a steady rate,
-the same backup load runs on galera-node3 three times:
+On the local three-node Docker cluster, with sysbench writing on galera-node1, the same backup
+load runs on galera-node3 three times:
 
   naive   mariabackup on the Synced node
   manual  the field notes' procedure: SET GLOBAL wsrep_desync=ON, mariabackup, OFF at once
@@ -21,9 +21,9 @@ application's connection pool does, so throughput lost in a stall is lost, not q
 Every 0.2 s the bench reads wsrep_last_committed and the flow-control counters of the writer
 and the backup node. Flow control and the writer's paused fraction are counted from the tool's
 start until the node is Synced (the backup cycle) and, for flow control, also over the whole run,
-which for the role includes its health check and pre-flight on the still Synced node. It prints one table, writes the figures as JSON and the write rate over
-time as a PNG. It then times the ad-hoc module galera_desync against
-community.mysql.mysql_variables setting the same variable.
+which for the role includes its health check and pre-flight on the still Synced node. It prints
+one table, writes the figures as JSON and the write rate over time as a PNG. It then times the
+ad-hoc module galera_desync against community.mysql.mysql_variables setting the same variable.
 """
 
 from __future__ import annotations
@@ -42,11 +42,10 @@ import pymysql
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 import freeze_applier  # noqa: E402  pylint: disable=wrong-import-position
+from local_cluster import admin_connection as connect  # noqa: E402  pylint: disable=wrong-import-position
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 INVENTORY = os.path.join(ROOT, "extensions", "molecule", "resources", "inventory.ini")
-NETWORK = "dbtools-galera"
-ADMIN = {"user": "dbtools_admin", "password": "dbtools-test-admin"}  # made by resources/prepare.yml
 WRITER, BACKUP_NODE = "galera-node1", "galera-node3"
 TOOL_NAMES = ("mariabackup", "mariadb-backup")
 SAMPLE_SECONDS = 0.2
@@ -60,15 +59,6 @@ ARM_TITLES = {
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def container_ip(name: str) -> str:
-    out = subprocess.run(["docker", "inspect", name], check=True, capture_output=True, text=True).stdout
-    return json.loads(out)[0]["NetworkSettings"]["Networks"][NETWORK]["IPAddress"]
-
-
-def connect(name: str):
-    return pymysql.connect(host=container_ip(name), autocommit=True, connect_timeout=10, **ADMIN)
 
 
 def status(conn, *names: str) -> dict:
@@ -186,7 +176,7 @@ class ToolFreezer(threading.Thread):
 
 
 class Load:
-    """sysbench oltp_write_only on the writer, at a steady rate, for one arm."""
+    """sysbench oltp_write_only on the writer for one arm (closed loop, or at ``rate`` per second)."""
 
     def __init__(self, rate: int, threads: int, seconds: int) -> None:
         self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
@@ -252,7 +242,6 @@ def run_procedure(arm: str, throttle: int, freezer: ToolFreezer) -> dict:
             capture_output=True, text=True, env=env, check=False, timeout=1800)
         if run.returncode != 0:
             raise RuntimeError("the backup playbook failed:\n" + run.stdout[-3000:] + run.stderr[-3000:])
-    marks["done"] = time.monotonic()
     marks["synced"] = wait_synced()
     freezer.stop()
     if freezer.error:
@@ -286,17 +275,19 @@ def longest_zero_stretch(samples: list[Sample]) -> float:
     return longest
 
 
+def node_synced_at(samples: list[Sample], marks: dict) -> float:
+    """When the node was first seen Synced after the tool ended. The backup cycle ends there: the
+    role goes on with its manifest and retention after that, on a Synced node."""
+    return next((x.t for x in samples if x.t >= marks["tool_end"] and x.state == "Synced"), marks["synced"])
+
+
 def arm_figures(arm: str, samples: list[Sample], marks: dict, baseline_window: float, tail: float) -> dict:
     t0 = marks["start"]
+    synced_at = node_synced_at(samples, marks)
     base = rate(between(samples, t0 - baseline_window, t0))
     during = between(samples, marks["tool_start"], marks["tool_end"])
-    resync = between(samples, marks["tool_end"], next((x.t for x in samples if x.t >= marks["tool_end"]
-                                                       and x.state == "Synced"), marks["synced"]))
+    resync = between(samples, marks["tool_end"], synced_at)
     whole = between(samples, t0, marks["synced"] + tail)
-    # the backup cycle: from the tool's start until the node is first seen Synced after the tool
-    # ended (the role goes on with its manifest and retention after that, on a Synced node)
-    synced_at = next((x.t for x in samples if x.t >= marks["tool_end"] and x.state == "Synced"), marks["synced"])
-    marks["node_synced"] = synced_at
     cycle = between(samples, marks["tool_start"], synced_at)
     paused_s = (cycle[-1].paused_ns - cycle[0].paused_ns) / 1e9 if cycle else 0.0
     span = cycle[-1].t - cycle[0].t if cycle else 1.0
@@ -401,7 +392,7 @@ def plot(series: dict, figures: list[dict], path: str) -> None:
         ax.plot(xs, smooth, color="tab:blue", linewidth=1.2, label="cluster commits/s (writer)")
         ax.axvspan(0, marks["tool_end"] - t0, color="tab:orange", alpha=0.15, label="backup tool running")
         ax.axvspan(0, marks["frozen_seconds"], color="tab:red", alpha=0.12, label="applier frozen")
-        ax.axvline(marks["node_synced"] - t0, color="tab:green", linestyle="--", linewidth=1, label="node Synced")
+        ax.axvline(node_synced_at(samples, marks) - t0, color="tab:green", linestyle="--", linewidth=1, label="node Synced")
         ax.set_title(f"{fig_row['title']}: {fig_row['tps_during_backup_pct']}% of baseline during the backup, "
                      f"longest stall {fig_row['longest_zero_commit_seconds']} s, "
                      f"flow control sent {fig_row['flow_control_sent_by_backup_node']}", fontsize=9)
