@@ -93,17 +93,26 @@ class Desyncer:
                       f"{p['drain_timeout']}s (last {queue}); resyncing anyway, so the node catches up in "
                       "JOINED state and may send flow control meanwhile. Raise drain_timeout for long backups.")
         node.set_desync(False)
-        sync = _wsrep.Poller(p["timeout"], p["poll_interval"])
-        state = None
+        out.update(self.wait_synced(node))
+        return out
+
+    def wait_synced(self, node=None) -> dict:
+        """Poll until the node is Synced, bounded by timeout.
+
+        The flow-control counter of the status read that first saw Synced ends the desync cycle:
+        a Synced node under load may send flow control again, which is not the cycle's doing.
+        """
+        node = node or self.node
+        sync = _wsrep.Poller(self.p["timeout"], self.p["poll_interval"])
+        status = {}
         for _poll in sync:
             status = node.status()
-            state = status.get("wsrep_local_state")
-            if state == _wsrep.SYNCED:
-                out["synced"] = True
+            if status.get("wsrep_local_state") == _wsrep.SYNCED:
                 break
-        out["sync_seconds"] = round(sync.elapsed, 3)
-        out["last_state"] = _wsrep.STATE_NAMES.get(state, state)
-        return out
+        state = status.get("wsrep_local_state")
+        synced = state == _wsrep.SYNCED
+        return dict(synced=synced, sync_seconds=round(sync.elapsed, 3), last_state=_wsrep.STATE_NAMES.get(state, state),
+                    flow_control_sent_at_synced=status.get("wsrep_flow_control_sent") if synced else None)
 
     def _resync_remote(self, row: dict) -> None:
         """Resync the node of an expired lease held on another node, before taking it over."""
@@ -181,7 +190,10 @@ class Desyncer:
                 self.lease.release(p["owner"], self.node_name)
             raise
         self.arm_watchdog()
-        self.read()
+        after = self.read()
+        if self.lease and after.get("flow_control_sent") is not None:
+            # The cycle starts now, not when the lease was taken a moment ago on a still Synced node.
+            self.lease.mark_desynced(p["owner"], self.node_name, after["flow_control_sent"])
         return self._finish(changed=True)
 
     def arm_watchdog(self) -> None:
@@ -243,22 +255,16 @@ class Desyncer:
         if resync:
             out = self.drain_and_resync()
         else:
-            sync = _wsrep.Poller(p["timeout"], p["poll_interval"])
-            last = None
-            for _poll in sync:
-                last = self.node.status().get("wsrep_local_state")
-                if last == _wsrep.SYNCED:
-                    break
-            out = dict(drained=True, synced=last == _wsrep.SYNCED, drain_seconds=0.0,
-                       sync_seconds=round(sync.elapsed, 3), max_recv_queue_seen=None,
-                       last_state=_wsrep.STATE_NAMES.get(last, last))
+            out = dict(drained=True, drain_seconds=0.0, max_recv_queue_seen=None, **self.wait_synced())
         self.result.update(drain_seconds=out["drain_seconds"], sync_seconds=out["sync_seconds"],
                            drained=out["drained"], max_recv_queue_seen=out["max_recv_queue_seen"])
         after = self.read()
         fc_start = (row or self.result.get("lease_before") or {}).get("flow_control_sent_at_desync")
-        if fc_start is not None and after.get("flow_control_sent") is not None \
-                and after["flow_control_sent"] >= fc_start:
-            self.result["flow_control_sent"] = after["flow_control_sent"] - fc_start
+        fc_end = out["flow_control_sent_at_synced"]
+        if fc_end is None:
+            fc_end = after.get("flow_control_sent")
+        if fc_start is not None and fc_end is not None and fc_end >= fc_start:
+            self.result["flow_control_sent"] = fc_end - fc_start
         if not out["synced"]:
             raise Refused(f"node {self.node_name} has wsrep_desync=OFF but did not reach Synced within "
                           f"timeout={p['timeout']}s (it is {out['last_state']}, receive queue "

@@ -208,6 +208,15 @@ class Lease:
         )
         return self.node.conn.affected_rows() == 1
 
+    def mark_desynced(self, owner: str, node: str, flow_control_sent: int) -> bool:
+        """Record the node's flow-control counter at the moment it was desynced under our lease."""
+        self.node.query(
+            f"UPDATE {self.table} SET flow_control_sent_at_desync = %s "
+            f"WHERE lease_key = %s AND owner = %s AND node = %s",
+            (int(flow_control_sent), LEASE_KEY, owner, node),
+        )
+        return self.node.conn.affected_rows() == 1
+
     def release(self, owner: str, node: str) -> bool:
         """Delete our own lease row only; True when one was deleted."""
         try:

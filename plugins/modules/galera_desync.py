@@ -235,7 +235,10 @@ drained:
   returned: when the module resynced the node
   type: bool
 flow_control_sent:
-  description: Flow-control messages this node sent while it was desynced under the lease (should be 0).
+  description:
+    - Flow-control messages this node sent during the desync cycle (should be 0), from the moment
+      C(wsrep_desync) was set ON to the status read that first saw the node Synced again, so the
+      drain and the JOINED catch-up count, flow control of the Synced node afterwards does not.
   returned: success; null when unknown (no lease, or counters reset)
   type: int
 watchdog:
