@@ -81,8 +81,10 @@ class Desyncer:
         out = dict(drained=False, synced=False, drain_seconds=0.0, sync_seconds=0.0, max_recv_queue_seen=0)
         drain = _wsrep.Poller(p["drain_timeout"], p["poll_interval"])
         queue = None
+        row = None
         for _poll in drain:
-            queue = node.status().get("wsrep_local_recv_queue", 0)
+            row = node.status()
+            queue = row.get("wsrep_local_recv_queue", 0)
             out["max_recv_queue_seen"] = max(out["max_recv_queue_seen"], queue or 0)
             if queue is not None and queue <= self.max_recv_queue:
                 out["drained"] = True
@@ -93,26 +95,31 @@ class Desyncer:
                       f"{p['drain_timeout']}s (last {queue}); resyncing anyway, so the node catches up in "
                       "JOINED state and may send flow control meanwhile. Raise drain_timeout for long backups.")
         node.set_desync(False)
-        out.update(self.wait_synced(node))
+        out.update(self.wait_synced(node, last_desynced=row))
         return out
 
-    def wait_synced(self, node=None) -> dict:
+    def wait_synced(self, node=None, last_desynced: dict | None = None) -> dict:
         """Poll until the node is Synced, bounded by timeout.
 
-        The flow-control counter of the status read that first saw Synced ends the desync cycle:
-        a Synced node under load may send flow control again, which is not the cycle's doing.
+        The desync cycle's flow control is counted up to the last status read that still saw the
+        node not Synced (``last_desynced``, the drain's last read, when the first read after the
+        resync already sees Synced): a busy Synced node sends flow control of its own every few
+        milliseconds, which is not the cycle's doing. After a drained resync Joined lasts moments,
+        so the reads start 10 ms apart and slow down to poll_interval.
         """
         node = node or self.node
-        sync = _wsrep.Poller(self.p["timeout"], self.p["poll_interval"])
+        sync = _wsrep.Poller(self.p["timeout"], self.p["poll_interval"], first_interval=0.01)
         status = {}
         for _poll in sync:
             status = node.status()
             if status.get("wsrep_local_state") == _wsrep.SYNCED:
                 break
+            last_desynced = status
         state = status.get("wsrep_local_state")
         synced = state == _wsrep.SYNCED
+        edge = last_desynced if last_desynced is not None else status
         return dict(synced=synced, sync_seconds=round(sync.elapsed, 3), last_state=_wsrep.STATE_NAMES.get(state, state),
-                    flow_control_sent_at_synced=status.get("wsrep_flow_control_sent") if synced else None)
+                    flow_control_sent_before_synced=edge.get("wsrep_flow_control_sent") if synced else None)
 
     def _resync_remote(self, row: dict) -> None:
         """Resync the node of an expired lease held on another node, before taking it over."""
@@ -260,7 +267,7 @@ class Desyncer:
                            drained=out["drained"], max_recv_queue_seen=out["max_recv_queue_seen"])
         after = self.read()
         fc_start = (row or self.result.get("lease_before") or {}).get("flow_control_sent_at_desync")
-        fc_end = out["flow_control_sent_at_synced"]
+        fc_end = out["flow_control_sent_before_synced"]
         if fc_end is None:
             fc_end = after.get("flow_control_sent")
         if fc_start is not None and fc_end is not None and fc_end >= fc_start:

@@ -276,13 +276,17 @@ class Node:
 class Poller:
     """A monotonic-clock polling loop: ``for elapsed in Poller(timeout, interval)``.
 
-    Yields at once, then every ``interval`` seconds until ``timeout`` has passed;
-    ``timed_out`` tells afterwards whether the caller ran out of time.
+    Yields at once, then every ``interval`` seconds until ``timeout`` has passed. With
+    ``first_interval``, the sleeps start there and double up to ``interval``: a state that
+    usually changes within moments is seen close to when it changed, a slow one is not
+    polled harder than ``interval``.
     """
 
-    def __init__(self, timeout: float, interval: float, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, timeout: float, interval: float, clock=time.monotonic, sleep=time.sleep,
+                 first_interval: float | None = None):
         self.timeout = timeout
         self.interval = interval
+        self.first_interval = min(first_interval, interval) if first_interval else interval
         self.clock = clock
         self.sleep = sleep
         self.polls = 0
@@ -294,10 +298,12 @@ class Poller:
 
     def __iter__(self):
         self.started = self.clock()
+        interval = self.first_interval
         while True:
             self.polls += 1
             yield self.elapsed
             remaining = self.timeout - self.elapsed
             if remaining <= 0:
                 return
-            self.sleep(min(self.interval, remaining))
+            self.sleep(min(interval, remaining))
+            interval = min(interval * 2, self.interval)

@@ -237,8 +237,9 @@ drained:
 flow_control_sent:
   description:
     - Flow-control messages this node sent during the desync cycle (should be 0), from the moment
-      C(wsrep_desync) was set ON to the status read that first saw the node Synced again, so the
-      drain and the JOINED catch-up count, flow control of the Synced node afterwards does not.
+      C(wsrep_desync) was set ON to the last status read (10 ms apart at first) that still saw it not
+      Synced, so the drain and the JOINED catch-up count, flow control of the Synced node afterwards
+      does not.
   returned: success; null when unknown (no lease, or counters reset)
   type: int
 watchdog:

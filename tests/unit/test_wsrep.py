@@ -154,6 +154,13 @@ def test_poller_stops_when_caller_breaks():
     assert poller.polls == 4
 
 
+def test_poller_backs_off_from_first_interval_to_interval():
+    clock = FakeClock()
+    poller = _wsrep.Poller(2.0, 0.5, clock=clock, sleep=clock.sleep, first_interval=0.1)
+    seen = [round(t, 3) for t in poller]
+    assert seen == [0.0, 0.1, 0.3, 0.7, 1.2, 1.7, 2.0]
+
+
 def test_poller_with_zero_timeout_polls_once():
     clock = FakeClock()
     assert list(_wsrep.Poller(0, 1.0, clock=clock, sleep=clock.sleep)) == [0.0]
