@@ -1,0 +1,601 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to dbtools.galera
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The catalogue of backups in a directory: chains, retention, freshness (private).
+
+A backup is a directory ``<id>`` holding ``manifest.json``; only complete, verified backups have
+one. ``<id>.failed.json`` records a failed run. Directories whose name ends ``.partial`` or
+``.partial.verify`` are in progress and never count. Everything but ``read_dir`` is a pure function
+over plain dicts (manifests read here, or from a remote store), so it is unit-tested on its own and
+used by modules and other module_utils alike. No Ansible imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import datetime, timezone
+
+MANIFEST = "manifest.json"
+FAILED_SUFFIX = ".failed.json"
+PARTIAL_SUFFIXES = (".partial", ".partial.verify")
+# <cluster>_<inventory host>_<YYYYmmddTHHMMSSZ>, cluster and host limited to [A-Za-z0-9_.-].
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+_[0-9]{8}T[0-9]{6}Z$")
+PHYSICAL_METHODS = ("mariabackup", "xtrabackup")
+CONDITIONS = ("stale", "last_run_failed", "none_found")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ID_TIME = re.compile(r"_([0-9]{8}T[0-9]{6}Z)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+def is_partial(name: str) -> bool:
+    """True for in-progress or scratch names (``.partial``, ``.partial.verify``, ``.partial.*``)."""
+    return name.endswith(PARTIAL_SUFFIXES) or ".partial." in name
+
+
+def valid_id(name) -> bool:
+    """True when ``name`` is a backup id that is safe as a directory name of the backup directory."""
+    return isinstance(name, str) and bool(ID_PATTERN.match(name)) and not is_partial(name)
+
+
+def parse_time(text) -> datetime | None:
+    """ISO 8601 UTC text ("2026-11-25T03:01:10Z") to an aware datetime; None when absent or invalid."""
+    if not isinstance(text, str) or not text:
+        return None
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            parsed = datetime.strptime(text.strip(), "%Y%m%dT%H%M%SZ")
+        except ValueError:
+            return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def backup_time(backup: dict) -> datetime:
+    """When the backup finished: ``finished_at``, else ``started_at``, else the time in its id."""
+    for key in ("finished_at", "started_at"):
+        moment = parse_time(backup.get(key))
+        if moment is not None:
+            return moment
+    match = _ID_TIME.search(str(backup.get("id") or ""))
+    return (parse_time(match.group(1)) if match else None) or _EPOCH
+
+
+def _sort_key(backup: dict):
+    return (backup_time(backup), str(backup.get("id")))
+
+
+def age_seconds(backup: dict, now: datetime | None = None) -> float:
+    """Seconds from the backup's finish to ``now`` (default: the current UTC time)."""
+    now = now or utc_now()
+    return round((now - backup_time(backup)).total_seconds(), 1)
+
+
+def cluster_name(record: dict) -> str | None:
+    """The cluster name of a manifest (``cluster.name``) or of a failed record (``cluster``)."""
+    cluster = record.get("cluster")
+    if isinstance(cluster, dict):
+        cluster = cluster.get("name")
+    return None if cluster is None else str(cluster)
+
+
+def human_bytes(size) -> str:
+    try:
+        value = float(size)
+    except (TypeError, ValueError):
+        return "size unknown"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover
+
+
+def _hours(seconds) -> str:
+    return f"{float(seconds) / 3600:.1f} h"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and normalising
+
+def _load_json(path: str):
+    with open(path, "r", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def read_dir(path: str) -> dict:
+    """Read the backups and failed-run records directly under ``path``.
+
+    Returns ``dict(backups=[normalised manifests, each with "path"], failures=[failed records, each
+    with "path"], problems=[text], exists=bool)``. One unreadable or invalid file is a problem text,
+    never an exception; ``.partial`` directories are skipped without a word; a missing directory
+    gives empty lists, a problem text and ``exists=False``.
+    """
+    result = dict(backups=[], failures=[], problems=[], exists=True)
+    problems = result["problems"]
+    if not os.path.isdir(path):
+        result["exists"] = False
+        problems.append(f"{path} does not exist or is not a directory: no backups there")
+        return result
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as exc:
+        problems.append(f"cannot list {path}: {exc.strerror or exc}")
+        return result
+    manifests = []
+    for name in names:
+        if is_partial(name):
+            continue
+        full = os.path.join(path, name)
+        if name.endswith(FAILED_SUFFIX):
+            if os.path.isfile(full) and not os.path.islink(full):
+                record = _read_failure(full, name, problems)
+                if record is not None:
+                    result["failures"].append(record)
+            continue
+        if not os.path.isdir(full):
+            continue
+        if os.path.islink(full):
+            if valid_id(name):
+                problems.append(f"{full} is a symbolic link: ignored (a backup is a real directory)")
+            continue
+        manifest_path = os.path.join(full, MANIFEST)
+        if not os.path.lexists(manifest_path):
+            if valid_id(name):
+                problems.append(f"{full} has no {MANIFEST}: an incomplete backup (or one being written), "
+                                "not counted")
+            continue
+        manifest = _read_manifest(manifest_path, name, problems)
+        if manifest is not None:
+            manifest["path"] = full
+            manifests.append(manifest)
+    result["backups"] = parse_manifests(manifests, problems)
+    return result
+
+
+def _read_failure(full: str, name: str, problems: list) -> dict | None:
+    try:
+        record = _load_json(full)
+    except (OSError, ValueError) as exc:
+        problems.append(f"{full} is not a readable JSON failure record: {exc}")
+        return None
+    if not isinstance(record, dict):
+        problems.append(f"{full} is not a JSON object: ignored")
+        return None
+    record = dict(record)
+    record.setdefault("id", name[: -len(FAILED_SUFFIX)])
+    record["path"] = full
+    return record
+
+
+def _read_manifest(manifest_path: str, name: str, problems: list) -> dict | None:
+    try:
+        manifest = _load_json(manifest_path)
+    except (OSError, ValueError) as exc:
+        problems.append(f"{manifest_path} is not a readable JSON manifest ({exc}): that backup is not counted")
+        return None
+    if not isinstance(manifest, dict):
+        problems.append(f"{manifest_path} is not a JSON object: that backup is not counted")
+        return None
+    if manifest.get("format", 1) != 1:
+        problems.append(f"{manifest_path} has format {manifest.get('format')!r}, this collection reads "
+                        "format 1: that backup is not counted")
+        return None
+    manifest.setdefault("id", name)
+    if manifest["id"] != name:
+        problems.append(f"{manifest_path} names id {manifest['id']!r}, not its directory {name!r}: "
+                        "that backup is not counted (and never deleted)")
+        return None
+    if manifest.get("result", "ok") != "ok":
+        problems.append(f"{manifest_path} has result {manifest.get('result')!r}: that backup is not counted")
+        return None
+    return manifest
+
+
+def parse_manifests(manifests: list, problems: list | None = None) -> list:
+    """Normalised copies of manifests: ``type`` (missing: "full"), ``parent`` (missing: None) and
+    ``chain`` (missing: worked out from the parents) are always present.
+
+    Usable on manifests read from a remote store. Entries that are not dicts, have no id, are
+    ``.partial`` or repeat an id already seen are left out (with a text appended to ``problems``).
+    """
+    out = []
+    seen = set()
+    for manifest in manifests:
+        if not isinstance(manifest, dict):
+            _note(problems, f"a manifest that is not a JSON object was ignored: {manifest!r:.80}")
+            continue
+        backup = dict(manifest)
+        backup_id = backup.get("id")
+        if not backup_id and backup.get("path"):
+            backup_id = backup["id"] = os.path.basename(str(backup["path"]).rstrip("/"))
+        if not backup_id:
+            _note(problems, "a manifest without an id was ignored")
+            continue
+        backup_id = backup["id"] = str(backup_id)
+        if is_partial(backup_id) or is_partial(os.path.basename(str(backup.get("path") or "").rstrip("/"))):
+            continue
+        if backup_id in seen:
+            _note(problems, f"backup id {backup_id} appears twice: only the first is counted")
+            continue
+        seen.add(backup_id)
+        if not backup.get("type"):
+            backup["type"] = "full"
+        backup["parent"] = backup.get("parent") or None
+        out.append(backup)
+    by_id = {b["id"]: b for b in out}
+    for backup in out:
+        chain = backup.get("chain")
+        if not isinstance(chain, list) or not chain:
+            walked, _reason = _walk(backup, by_id, check_declared=False)
+            backup["chain"] = walked if walked is not None else _partial_chain(backup, by_id)
+    return out
+
+
+def _note(problems, text: str) -> None:
+    if problems is not None:
+        problems.append(text)
+
+
+def _partial_chain(backup: dict, by_id: dict) -> list:
+    """The ids reachable from ``backup`` through its parents, oldest first (for a broken chain)."""
+    ids = [backup["id"]]
+    parent = backup.get("parent")
+    while parent and parent not in ids:
+        ids.append(parent)
+        parent = by_id.get(parent, {}).get("parent")
+    return list(reversed(ids))
+
+
+# ---------------------------------------------------------------------------------------------
+# Chains
+
+def _walk(backup: dict, by_id: dict, check_declared: bool = True):
+    """(chain of ids from the full backup to ``backup``, None) or (None, why the chain is broken)."""
+    ids = []
+    current = backup
+    while True:
+        current_id = current.get("id")
+        if current_id in ids:
+            return None, f"the chain of {backup.get('id')} loops at {current_id}"
+        ids.append(current_id)
+        if current.get("result", "ok") != "ok":
+            return None, f"{current_id} in the chain of {backup.get('id')} is not a good backup"
+        kind = current.get("type") or "full"
+        if kind == "full":
+            break
+        if kind != "incremental":
+            return None, f"{current_id} has an unknown type {kind!r}"
+        parent = current.get("parent")
+        if not parent:
+            return None, f"the incremental backup {current_id} names no parent"
+        if parent not in by_id:
+            return None, f"{parent}, the parent of {current_id}, is missing"
+        current = by_id[parent]
+    ids.reverse()
+    declared = backup.get("chain")
+    if check_declared and isinstance(declared, list) and declared and list(declared) != ids:
+        return None, (f"the chain recorded in {backup.get('id')} ({' > '.join(map(str, declared))}) does not "
+                      f"match its parents ({' > '.join(ids)})")
+    return ids, None
+
+
+def chain_of(backup: dict, by_id: dict) -> list | None:
+    """The ids from the full backup to ``backup`` (oldest first), or None when the chain is broken."""
+    return _walk(backup, by_id)[0]
+
+
+def broken_reason(backup: dict, by_id: dict) -> str | None:
+    """Why ``backup`` cannot be restored from what ``by_id`` holds, or None when it can."""
+    return _walk(backup, by_id)[1]
+
+
+def restorable(backup: dict, by_id: dict) -> bool:
+    """True when every backup of the chain, up to its full backup, is in ``by_id`` and good."""
+    return _walk(backup, by_id)[0] is not None
+
+
+def _by_cluster(backups: list) -> dict:
+    groups = {}
+    for backup in backups:
+        groups.setdefault(cluster_name(backup) or "", []).append(backup)
+    return groups
+
+
+def _sorted_ids(backups) -> list:
+    return [b["id"] for b in sorted(backups, key=_sort_key)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention, newest, parent
+
+def plan_retention(backups: list, keep: int) -> dict:
+    """What retention keeps and removes, per cluster name.
+
+    The ``keep`` newest restorable backups of each cluster (by ``finished_at``) are kept with every
+    ancestor their chain needs; so the newest restorable backup is always kept. Every other
+    restorable backup is removed. A backup whose chain is broken is ``broken``: never counted; it
+    is removed when it is older than the oldest kept backup of its cluster, kept otherwise (and kept
+    when its cluster has no restorable backup at all). Returns ``dict(keep=[ids], remove=[ids],
+    broken=[ids])``, each list oldest first.
+    """
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise ValueError(f"keep must be an integer of at least 1, got {keep!r}")
+    kept, removed, broken = [], [], []
+    for members in _by_cluster(parse_manifests(backups)).values():
+        by_id = {b["id"]: b for b in members}
+        good = sorted((b for b in members if restorable(b, by_id)), key=_sort_key, reverse=True)
+        bad = {b["id"] for b in members if not restorable(b, by_id)}
+        keep_ids = set()
+        for head in good[:keep]:
+            keep_ids.update(chain_of(head, by_id))
+        kept_backups = [by_id[i] for i in keep_ids]
+        oldest_kept = min((_sort_key(b) for b in kept_backups), default=None)
+        for backup in members:
+            if backup["id"] in keep_ids:
+                kept.append(backup)
+            elif backup["id"] in bad:
+                broken.append(backup)
+                if oldest_kept is not None and _sort_key(backup) < oldest_kept:
+                    removed.append(backup)
+                else:
+                    kept.append(backup)
+            else:
+                removed.append(backup)
+    return dict(keep=_sorted_ids(kept), remove=_sorted_ids(removed), broken=_sorted_ids(broken))
+
+
+def newest_good(backups: list, cluster: str | None = None) -> dict | None:
+    """The newest restorable backup (of ``cluster`` when given), or None."""
+    best = None
+    for name, members in _by_cluster(parse_manifests(backups)).items():
+        if cluster is not None and name != cluster:
+            continue
+        by_id = {b["id"]: b for b in members}
+        for backup in members:
+            if restorable(backup, by_id) and (best is None or _sort_key(backup) > _sort_key(best)):
+                best = backup
+    return best
+
+
+def choose_parent(backups: list, cluster: str, wsrep_node_name: str, method: str, max_chain: int):
+    """The backup an incremental backup should build on, as ``(parent or None, reason)``.
+
+    Candidates are the restorable backups of ``cluster`` taken on the node ``wsrep_node_name`` (LSNs
+    are per node) with the same physical ``method``. The newest candidate is the parent when it has a
+    ``position.to_lsn`` and its chain has fewer than ``max_chain`` backups; otherwise there is no
+    parent (a full backup starts a new chain: building on an older candidate would fork the chain).
+    ``reason`` says why, in either case.
+    """
+    if method not in PHYSICAL_METHODS:
+        return None, f"{method} takes no incremental backups (only {' and '.join(PHYSICAL_METHODS)} do)"
+    if not isinstance(max_chain, int) or max_chain < 2:
+        return None, f"max_chain is {max_chain}: every backup is a full backup"
+    members = [b for b in parse_manifests(backups) if cluster_name(b) == cluster]
+    by_id = {b["id"]: b for b in members}
+    candidates = [b for b in members
+                  if b.get("wsrep_node_name") == wsrep_node_name and b.get("method") == method
+                  and restorable(b, by_id)]
+    if not candidates:
+        return None, (f"no restorable {method} backup of cluster {cluster} taken on node {wsrep_node_name}: "
+                      "a full backup starts the chain")
+    newest = max(candidates, key=_sort_key)
+    position = newest.get("position") if isinstance(newest.get("position"), dict) else {}
+    if position.get("to_lsn") is None:
+        return None, f"the newest candidate {newest['id']} has no position.to_lsn: a full backup starts a new chain"
+    length = len(chain_of(newest, by_id))
+    if length >= max_chain:
+        return None, (f"the chain of the newest candidate {newest['id']} has {length} backups, max_chain is "
+                      f"{max_chain}: a full backup starts a new chain")
+    return newest, (f"incremental on {newest['id']} (to_lsn {position['to_lsn']}), backup {length + 1} of at "
+                    f"most {max_chain} in its chain")
+
+
+# ---------------------------------------------------------------------------------------------
+# Freshness: summaries, last run, the one-line verdict
+
+def summarize(backups: list, now: datetime | None = None) -> list:
+    """One short dict per backup (newest first), with ``restorable`` and ``age_seconds``."""
+    now = now or utc_now()
+    out = []
+    for members in _by_cluster(parse_manifests(backups)).values():
+        by_id = {b["id"]: b for b in members}
+        for backup in members:
+            out.append(_summary(backup, by_id, now))
+    out.sort(key=_sort_key, reverse=True)
+    return out
+
+
+def _summary(backup: dict, by_id: dict, now: datetime) -> dict:
+    position = backup.get("position") if isinstance(backup.get("position"), dict) else {}
+    encryption = backup.get("encryption") if isinstance(backup.get("encryption"), dict) else None
+    encryption = encryption or None  # an empty dict is no encryption
+    verify = backup.get("verify") if isinstance(backup.get("verify"), dict) else {}
+    reason = broken_reason(backup, by_id)
+    finished = backup.get("finished_at") or format_time(backup_time(backup))
+    return dict(
+        id=backup["id"],
+        type=backup.get("type") or "full",
+        parent=backup.get("parent"),
+        chain=list(backup.get("chain") or [backup["id"]]),
+        cluster=cluster_name(backup),
+        node=backup.get("node"),
+        wsrep_node_name=backup.get("wsrep_node_name"),
+        finished_at=finished,
+        age_seconds=age_seconds(backup, now),
+        bytes=backup.get("bytes"),
+        method=backup.get("method"),
+        encryption=encryption and dict(key_id=encryption.get("key_id"), cipher=encryption.get("cipher")),
+        verify=verify.get("level"),
+        position=dict(cluster_uuid=position.get("cluster_uuid"), seqno=position.get("seqno"),
+                      to_lsn=position.get("to_lsn")),
+        restorable=reason is None,
+        broken=reason,
+        path=backup.get("path"),
+    )
+
+
+def failure_summary(record: dict) -> dict:
+    """The fields of a failed-run record that matter for reporting."""
+    return dict(
+        id=record.get("id"),
+        cluster=cluster_name(record),
+        node=record.get("node"),
+        method=record.get("method"),
+        started_at=record.get("started_at"),
+        failed_at=record.get("failed_at"),
+        error=record.get("error"),
+        resynced=record.get("resynced"),
+        path=record.get("path"),
+    )
+
+
+def last_run(summaries: list, failures: list, cluster: str | None = None) -> dict | None:
+    """The newest run of ``cluster`` (any when None): a backup's ``finished_at`` or a failure's
+    ``failed_at``, as ``dict(result="ok"|"failed", at, id, node, error)``; None when there is none."""
+    best = None
+    for summary in summaries:
+        if cluster is None or summary.get("cluster") == cluster:
+            run = dict(result="ok", at=summary.get("finished_at"), id=summary.get("id"),
+                       node=summary.get("node"), error=None)
+            best = _later(best, run)
+    for record in failures:
+        if cluster is None or cluster_name(record) == cluster:
+            run = dict(result="failed", at=record.get("failed_at"), id=record.get("id"),
+                       node=record.get("node"), error=record.get("error"))
+            best = _later(best, run)
+    return best
+
+
+def _later(best, run):
+    if best is None:
+        return run
+    moment, best_moment = parse_time(run["at"]) or _EPOCH, parse_time(best["at"]) or _EPOCH
+    # On a tie the failure wins: a failure recorded in the same second is the more recent news.
+    if moment > best_moment or (moment == best_moment and run["result"] == "failed"):
+        return run
+    return best
+
+
+def broken_problem(summary: dict) -> str:
+    """The problem text for a backup summary that cannot be restored."""
+    return (f"backup {summary.get('id')} on {summary.get('node')} cannot be restored: "
+            f"{summary.get('broken') or 'its chain is broken'}")
+
+
+def freshness(summaries: list, failures: list, now: datetime | None = None, max_age: int | None = None,
+              fail_on=(), problems=(), where: str = "") -> dict:
+    """Judge backup summaries (from ``summarize``) and failed records (``failure_summary``).
+
+    Returns ``dict(backups, failures, newest={cluster: summary}, last_run={cluster: run},
+    alerts=[conditions met], failing=[those of fail_on], problems, summary=one line, stale
+    (only when max_age is given))``. Ages are recomputed from ``finished_at`` at ``now``. The line
+    starts CRITICAL when a condition of ``fail_on`` is met, WARNING when another condition is met
+    or there are problems, OK otherwise. ``where`` says what was read, for "no backup found <where>"
+    (e.g. "in /var/backups/galera").
+    """
+    now = now or utc_now()
+    problems = list(problems)
+    backups = []
+    seen = {}
+    for summary in summaries:
+        summary = dict(summary)
+        moment = parse_time(summary.get("finished_at"))
+        if moment is not None:
+            summary["age_seconds"] = round((now - moment).total_seconds(), 1)
+        previous = seen.get(summary.get("id"))
+        if previous is not None:  # the same backup on two hosts (a copy): count one, a restorable one
+            if summary.get("restorable") and not previous.get("restorable"):
+                backups[backups.index(previous)] = summary
+                seen[summary.get("id")] = summary
+            continue
+        seen[summary.get("id")] = summary
+        backups.append(summary)
+    backups.sort(key=lambda s: (parse_time(s.get("finished_at")) or _EPOCH, str(s.get("id"))), reverse=True)
+    failures = sorted((dict(f) for f in failures),
+                      key=lambda f: (parse_time(f.get("failed_at")) or _EPOCH, str(f.get("id"))), reverse=True)
+    problems.extend(broken_problem(s) for s in backups if not s.get("restorable"))
+
+    clusters = sorted({s.get("cluster") or "" for s in backups} | {f.get("cluster") or "" for f in failures})
+    newest, runs, stale_clusters, missing, failed_runs = {}, {}, [], [], []
+    for name in clusters:
+        good = [s for s in backups if (s.get("cluster") or "") == name and s.get("restorable")]
+        if good:
+            newest[name] = good[0]
+            if max_age is not None and good[0]["age_seconds"] > max_age:
+                stale_clusters.append(name)
+        else:
+            missing.append(name)
+        run = last_run(backups, failures, name)
+        if run is not None:
+            runs[name] = run
+            if run["result"] == "failed":
+                failed_runs.append(name)
+
+    alerts = []
+    if max_age is not None and (stale_clusters or missing or not clusters):
+        alerts.append("stale")
+    if failed_runs:
+        alerts.append("last_run_failed")
+    if missing or not clusters:
+        alerts.append("none_found")
+    failing = [c for c in CONDITIONS if c in alerts and c in fail_on]
+    level = "CRITICAL" if failing else ("WARNING" if alerts or problems else "OK")
+
+    parts = []
+    for name in clusters:
+        parts.append(_cluster_line(name, newest.get(name), runs.get(name), max_age))
+    if not clusters:
+        parts.append("no backup found" + (f" {where}" if where else ""))
+    line = f"{level}: " + "; ".join(parts)
+    if problems:
+        line += f"; {len(problems)} problem{'s' if len(problems) != 1 else ''}: {problems[0]}"
+        if len(problems) > 1:
+            line += " (more in problems)"
+    result = dict(backups=backups, failures=failures, newest=newest, last_run=runs, alerts=alerts,
+                  failing=failing, problems=problems, summary=" ".join(line.split()),
+                  checked_at=format_time(now))
+    if max_age is not None:
+        result["stale"] = "stale" in alerts
+    return result
+
+
+def _cluster_line(name: str, newest: dict | None, run: dict | None, max_age) -> str:
+    label = f"cluster {name or '(unnamed)'}"
+    if newest is None:
+        text = f"{label} has no restorable backup"
+    else:
+        position = newest.get("position") or {}
+        age = _hours(newest["age_seconds"])
+        limit = f" (max {_hours(max_age)})" if max_age is not None else ""
+        stale = " STALE" if max_age is not None and newest["age_seconds"] > max_age else ""
+        details = [human_bytes(newest.get("bytes")), newest.get("type") or "full"]
+        if newest.get("verify"):
+            details.append(f"verified {newest['verify']}")
+        if newest.get("encryption"):
+            details.append(f"encrypted (key {newest['encryption'].get('key_id')})")
+        details.append(f"position {position.get('cluster_uuid')}:{position.get('seqno')}")
+        text = f"{label} newest backup {newest['id']} {age} old{limit}{stale}, " + ", ".join(details)
+    if run is not None and run["result"] == "failed":
+        text += f"; last run FAILED at {run['at']} on {run.get('node')}: {run.get('error')}"
+    return text
