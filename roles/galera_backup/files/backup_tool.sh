@@ -7,11 +7,13 @@
 # its last line of stdout and exits non-zero with the reason on stderr when it fails.
 #
 #   backup_tool.sh whoami           the node name and datadir the tool's connection reaches
+#   backup_tool.sh keyid            the id of the encryption key in $KEY_FILE (never the key)
 #   backup_tool.sh tables           list the source's tables (largest first) into $OUT/tables.txt
 #   backup_tool.sh backup           run the backup tool into $OUT (under a time limit, pid in $TOOL_PID)
 #   backup_tool.sh progress         wait a little for it, then print bytes written and the watchdog's view
 #   backup_tool.sh checksum         write $OUT/SHA256SUMS and check it (and the zstd streams)
-#   backup_tool.sh prepare          extract a copy into $VERIFY and prepare it (physical methods)
+#   backup_tool.sh prepare          extract a copy into $VERIFY (or $TARGET) and prepare it, applying
+#                                   the incrementals of $CHAIN in order (physical methods)
 #   backup_tool.sh restore          start a throwaway server on the copy and check the tables
 #
 # Settings come from the environment (never secrets: credentials are in the 0600 option file):
@@ -19,10 +21,15 @@
 #   OUT (the .partial backup directory), CNF (option file), TOOLS (directory of this script),
 #   VERIFY (scratch directory for prepare/restore), SAMPLE (tables to checksum, 0 = all),
 #   EXTRA_ARGS (newline-separated extra arguments for the tool), MAX_DURATION (seconds), TOOL_PID
-#   (pid file of the running tool), WATCHDOG_STATE (the watchdog's state file), PROGRESS_WAIT.
+#   (pid file of the running tool), WATCHDOG_STATE (the watchdog's state file), PROGRESS_WAIT,
+#   INCREMENTAL_LSN (back up only pages changed since this LSN), CHAIN (newline-separated backup
+#   directories this one builds on, the full backup first), KEY_FILE (a 0600 file whose first line
+#   is the encryption key: streams are encrypted, never written in plain text), THROTTLE
+#   (mariabackup/xtrabackup --throttle), NICE and IONICE_CLASS/IONICE_LEVEL (CPU and IO priority
+#   of the backup), TARGET (prepare into this directory instead of $VERIFY/data).
 set -euo pipefail
 umask 077
-step=${1:?usage: backup_tool.sh whoami|tables|backup|progress|checksum|prepare|restore}
+step=${1:?usage: backup_tool.sh whoami|keyid|tables|backup|progress|checksum|prepare|restore}
 
 fail() { echo "$*" >&2; exit 1; }
 json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
@@ -31,6 +38,44 @@ physical() { [ "$METHOD" = mariabackup ] || [ "$METHOD" = xtrabackup ]; }
 extra_args=()
 if [ -n "${EXTRA_ARGS:-}" ]; then mapfile -t extra_args <<< "$EXTRA_ARGS"; fi
 log_tail() { [ -f "$1" ] && tail -n 25 "$1" >&2; return 0; }
+
+# Encryption: AES-256 in CTR mode, key derived with PBKDF2-SHA256; the key is read from a file,
+# never from the command line. Compressed first (zstd's frame checksums then detect a wrong key).
+CIPHER=aes-256-ctr
+KDF_ITER=200000
+encrypt() { openssl enc -e -"$CIPHER" -pbkdf2 -md sha256 -iter "$KDF_ITER" -salt -pass "file:$KEY_FILE"; }
+decrypt() { openssl enc -d -"$CIPHER" -pbkdf2 -md sha256 -iter "$KDF_ITER" -pass "file:$1"; }
+key_id() {
+    python3 - "$1" <<'PY'
+import hashlib, sys
+with open(sys.argv[1], "rb") as handle:
+    key = handle.readline().rstrip(b"\r\n")
+if not key:
+    sys.exit("the encryption key file is empty")
+print(hashlib.sha256(b"dbtools.galera key id\n" + key).hexdigest()[:16])
+PY
+}
+# The key id a backup directory's manifest records, or "" when it is not encrypted.
+manifest_key_id() {
+    python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print((m.get("encryption") or {}).get("key_id") or "")' "$1/manifest.json"
+}
+# The stream of a backup directory's compressed (and maybe encrypted) file, decompressed.
+open_stream() {
+    local f=$1
+    case "$f" in
+    *.zst.enc) decrypt "${KEY_FILE:?the backup is encrypted: give its key}" < "$f" | zstd -dcq ;;
+    *.zst) zstd -dcq "$f" ;;
+    *) fail "unknown stream $f" ;;
+    esac
+}
+# Writes a stream from stdin to $1 (+ .zst, + .enc), compressed and maybe encrypted.
+write_stream() {
+    if [ -n "${KEY_FILE:-}" ]; then
+        zstd -q -T"$THREADS" -"$LEVEL" | encrypt > "$1.zst.enc"
+    else
+        zstd -q -T"$THREADS" -"$LEVEL" -o "$1.zst"
+    fi
+}
 
 client() { mariadb --defaults-extra-file="$CNF" "$@" 2>/dev/null || mysql --defaults-extra-file="$CNF" "$@"; }
 
@@ -43,6 +88,11 @@ whoami)
     # Where the tool's own connection lands: must be this node, whose files are copied.
     row=$(client -N -B -e "SELECT @@wsrep_node_name, @@datadir") || fail "cannot log in with the backup's option file"
     echo "{\"node_name\": $(json_str "$(cut -f1 <<< "$row")"), \"datadir\": $(json_str "$(cut -f2 <<< "$row")")}"
+    ;;
+keyid)
+    [ -r "${KEY_FILE:-}" ] || fail "the encryption key file ${KEY_FILE:-(none)} cannot be read"
+    id=$(key_id "$KEY_FILE") || fail "cannot read the encryption key from ${KEY_FILE}"
+    echo "{\"key_id\": \"$id\", \"cipher\": \"$CIPHER\", \"kdf\": \"pbkdf2\", \"digest\": \"sha256\", \"iterations\": $KDF_ITER}"
     ;;
 tables)
     client -N -B -e "$user_tables_sql" > "$OUT/tables.txt"
@@ -65,7 +115,14 @@ print(s.get("reason") or "" if s.get("resynced") else ("guard: " + s["guard"]) i
     [ -z "$ended" ] || fail "the watchdog ended the desync before the backup started: $ended"
     rm -f "$OUT/.result"
     set +e
-    timeout --kill-after=30 "${MAX_DURATION:-21600}" bash "$0" backup-run &
+    # Lower CPU and IO priority for the tool and its pipeline, so the node stays a useful member.
+    priority=()
+    [ "${NICE:-0}" = 0 ] || priority+=(nice -n "$NICE")
+    if [ -n "${IONICE_CLASS:-}" ] && [ "$IONICE_CLASS" != none ] && command -v ionice >/dev/null 2>&1; then
+        priority+=(ionice -c "$IONICE_CLASS")
+        [ "$IONICE_CLASS" = 3 ] || priority+=(-n "${IONICE_LEVEL:-7}")
+    fi
+    timeout --kill-after=30 "${MAX_DURATION:-21600}" "${priority[@]}" bash "$0" backup-run &
     echo $! > "$TOOL_PID"
     date +%s > "$TOOL_PID.started"
     wait $!
@@ -124,16 +181,19 @@ backup-run)
     case "$METHOD" in
     mariabackup|xtrabackup)
         mkdir -p "$OUT/meta"
+        tool_args=()
+        [ -z "${INCREMENTAL_LSN:-}" ] || tool_args+=(--incremental-lsn="$INCREMENTAL_LSN")
+        [ "${THROTTLE:-0}" = 0 ] || tool_args+=(--throttle="$THROTTLE")
         if [ "$COMPRESS" = zstd ]; then
             # --defaults-extra-file must come first for mariabackup/xtrabackup.
             "$METHOD" --defaults-extra-file="$CNF" --backup --galera-info --stream=xbstream \
-                --target-dir="$OUT/.tmp" --extra-lsndir="$OUT/meta" "${extra_args[@]}" 2> "$log" \
+                --target-dir="$OUT/.tmp" --extra-lsndir="$OUT/meta" "${tool_args[@]}" "${extra_args[@]}" 2> "$log" \
                 | python3 "$TOOLS/xbstream_tee.py" "$OUT/meta" \
-                | zstd -q -T"$THREADS" -"$LEVEL" -o "$OUT/backup.xbstream.zst"
+                | write_stream "$OUT/backup.xbstream"
             rm -rf "$OUT/.tmp"
         else
             "$METHOD" --defaults-extra-file="$CNF" --backup --galera-info --target-dir="$OUT/data" \
-                --extra-lsndir="$OUT/meta" "${extra_args[@]}" 2> "$log"
+                --extra-lsndir="$OUT/meta" "${tool_args[@]}" "${extra_args[@]}" 2> "$log"
             for f in xtrabackup_galera_info mariadb_backup_galera_info; do
                 [ -f "$OUT/data/$f" ] && cp "$OUT/data/$f" "$OUT/meta/"
             done
@@ -153,8 +213,8 @@ backup-run)
         if [ "$COMPRESS" = zstd ]; then
             "$dump" --defaults-extra-file="$CNF" --single-transaction --all-databases --routines --events \
                 --triggers --hex-blob "${extra_args[@]}" 2> "$log" \
-                | zstd -q -T"$THREADS" -"$LEVEL" -o "$OUT/dump.sql.zst"
-            zstd -dc "$OUT/dump.sql.zst" | tail -n 1 | grep -q "Dump completed" \
+                | write_stream "$OUT/dump.sql"
+            open_stream "$(ls "$OUT"/dump.sql.zst*)" | tail -n 1 | grep -q "Dump completed" \
                 || fail "$dump output does not end with '-- Dump completed'"
         else
             "$dump" --defaults-extra-file="$CNF" --single-transaction --all-databases --routines --events \
@@ -168,9 +228,18 @@ backup-run)
     for f in "$OUT"/meta/xtrabackup_galera_info "$OUT"/meta/mariadb_backup_galera_info; do
         [ -f "$f" ] && position=$(head -n 1 "$f") && break
     done
-    to_lsn=""
-    [ -f "$OUT/meta/xtrabackup_checkpoints" ] && to_lsn=$(awk -F' = ' '$1 == "to_lsn" {print $2}' "$OUT/meta/xtrabackup_checkpoints")
-    echo "{\"galera_info\": $(json_str "$position"), \"to_lsn\": $(json_str "$to_lsn")}" > "$OUT/.result"
+    to_lsn="" from_lsn="" backup_type=""
+    # MariaDB 11 names it mariadb_backup_checkpoints.
+    checkpoints=$(ls "$OUT"/meta/xtrabackup_checkpoints "$OUT"/meta/mariadb_backup_checkpoints 2>/dev/null | head -n 1 || true)
+    if [ -n "$checkpoints" ]; then
+        checkpoint() { awk -F' = ' -v k="$1" '$1 == k {print $2}' "$checkpoints"; }
+        to_lsn=$(checkpoint to_lsn) from_lsn=$(checkpoint from_lsn) backup_type=$(checkpoint backup_type)
+    fi
+    if [ -n "${INCREMENTAL_LSN:-}" ]; then
+        [ "$backup_type" = incremental ] || fail "$METHOD did not write an incremental backup (backup_type '$backup_type')"
+        [ "$from_lsn" = "$INCREMENTAL_LSN" ] || fail "the incremental starts at LSN $from_lsn, not at its parent's $INCREMENTAL_LSN"
+    fi
+    echo "{\"galera_info\": $(json_str "$position"), \"to_lsn\": $(json_str "$to_lsn"), \"from_lsn\": $(json_str "$from_lsn")}" > "$OUT/.result"
     ;;
 
 checksum)
@@ -180,6 +249,10 @@ checksum)
     while IFS= read -r -d '' z; do
         zstd -tq "$z" || fail "compressed file $z is corrupt"
     done < <(find . -name '*.zst' -print0)
+    # Encrypted streams: decrypting with the key must give an intact zstd stream.
+    while IFS= read -r -d '' z; do
+        decrypt "$KEY_FILE" < "$z" | zstd -tq || fail "encrypted file $z does not decrypt to an intact stream with key file ${KEY_FILE:-(none)}"
+    done < <(find . -name '*.zst.enc' -print0)
     files=$(wc -l < SHA256SUMS)
     bytes=$(du -sb --exclude=.tmp . | cut -f1)
     echo "{\"files\": $files, \"bytes\": $bytes, \"sha256\": \"$(sha256sum SHA256SUMS | cut -d' ' -f1)\"}"
@@ -187,17 +260,58 @@ checksum)
 
 prepare)
     physical || fail "prepare applies to mariabackup and xtrabackup backups, not $METHOD"
+    target=${TARGET:-$VERIFY/data}
     rm -rf "$VERIFY" && mkdir -p "$VERIFY"
-    if [ -f "$OUT/backup.xbstream.zst" ]; then
-        extractor=$(first_cmd mbstream xbstream) || fail "neither mbstream nor xbstream is installed"
-        mkdir -p "$VERIFY/data"
-        zstd -dc "$OUT/backup.xbstream.zst" | "$extractor" -x -C "$VERIFY/data"
-    else
-        cp -a "$OUT/data" "$VERIFY/data"
+    mkdir -p "$target"
+    [ -z "$(ls -A "$target")" ] || fail "the directory to prepare into, $target, is not empty. Nothing was changed."
+    # The chain to apply in order: the full backup, its incrementals, then this one.
+    members=()
+    if [ -n "${CHAIN:-}" ]; then mapfile -t members <<< "$CHAIN"; fi
+    members+=("$OUT")
+    # Check every encrypted member against the key before extracting anything.
+    have_key=""
+    if [ -n "${KEY_FILE:-}" ]; then
+        [ -r "$KEY_FILE" ] || fail "the key file $KEY_FILE cannot be read. Nothing was changed."
+        have_key=$(key_id "$KEY_FILE") || fail "cannot read a key from $KEY_FILE. Nothing was changed."
     fi
-    "$METHOD" --prepare --target-dir="$VERIFY/data" > "$VERIFY/prepare.log" 2>&1 \
-        || { log_tail "$VERIFY/prepare.log"; fail "$METHOD --prepare failed"; }
-    echo "{\"prepared\": true}"
+    for m in "${members[@]}"; do
+        [ -d "$m" ] || fail "backup $m of the chain is missing"
+        [ -f "$m/manifest.json" ] || continue
+        want=$(manifest_key_id "$m")
+        [ -z "$want" ] || [ "$want" = "$have_key" ] \
+            || fail "backup $(basename "$m") is encrypted with key id $want, but the key given has id ${have_key:-(none)}: wrong key. Nothing was changed."
+    done
+    extract() {
+        local src=$1 dest=$2 stream extractor
+        mkdir -p "$dest"
+        stream=$(ls "$src"/backup.xbstream.zst* 2>/dev/null | head -n 1 || true)
+        if [ -n "$stream" ]; then
+            extractor=$(first_cmd mbstream xbstream) || fail "neither mbstream nor xbstream is installed"
+            open_stream "$stream" | "$extractor" -x -C "$dest" || fail "cannot extract $stream"
+        elif [ -d "$src/data" ]; then
+            cp -a "$src/data/." "$dest/"
+        else
+            fail "no backup stream or data directory in $src"
+        fi
+    }
+    prepare_log=$VERIFY/prepare.log
+    extract "${members[0]}" "$target"
+    last=$(( ${#members[@]} - 1 ))
+    # xtrabackup must not roll back uncommitted transactions until the last member is applied.
+    apply_only=()
+    [ "$METHOD" = xtrabackup ] && [ "$last" -gt 0 ] && apply_only=(--apply-log-only)
+    "$METHOD" --prepare --target-dir="$target" "${apply_only[@]}" >> "$prepare_log" 2>&1 \
+        || { log_tail "$prepare_log"; fail "$METHOD --prepare of $(basename "${members[0]}") failed"; }
+    for i in $(seq 1 "$last"); do
+        inc=$VERIFY/incremental.$i
+        extract "${members[$i]}" "$inc"
+        apply_only=()
+        [ "$METHOD" = xtrabackup ] && [ "$i" -lt "$last" ] && apply_only=(--apply-log-only)
+        "$METHOD" --prepare --target-dir="$target" --incremental-dir="$inc" "${apply_only[@]}" >> "$prepare_log" 2>&1 \
+            || { log_tail "$prepare_log"; fail "$METHOD --prepare of incremental $(basename "${members[$i]}") failed"; }
+        rm -rf "$inc"
+    done
+    echo "{\"prepared\": true, \"members\": ${#members[@]}}"
     ;;
 
 restore)
@@ -241,8 +355,8 @@ restore)
         if [ "$METHOD" = mydumper ]; then
             myloader -S "$sock" -d "$OUT/data" -t "$THREADS" -o > "$VERIFY/load.log" 2>&1 \
                 || { log_tail "$VERIFY/load.log"; fail "myloader could not load the dump"; }
-        elif [ -f "$OUT/dump.sql.zst" ]; then
-            zstd -dc "$OUT/dump.sql.zst" | mariadb -S "$sock" > "$VERIFY/load.log" 2>&1 \
+        elif compgen -G "$OUT/dump.sql.zst*" >/dev/null; then
+            open_stream "$(ls "$OUT"/dump.sql.zst*)" | mariadb -S "$sock" > "$VERIFY/load.log" 2>&1 \
                 || { log_tail "$VERIFY/load.log"; fail "the dump could not be loaded"; }
         else
             mariadb -S "$sock" < "$OUT/dump.sql" > "$VERIFY/load.log" 2>&1 \
