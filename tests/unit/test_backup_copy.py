@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from ansible_collections.dbtools.galera.plugins.modules import galera_backup_copy as copy
+from ansible_collections.dbtools.galera.plugins.module_utils import _copy as copy
 
 
 def make_backup(root, backup_id, cluster="c1", kind="full", parent=None, chain=None, finished="2026-11-25T03:00:00Z"):
