@@ -178,6 +178,10 @@ PY
 backup-run)
     log=$OUT/backup.log
     trap 'log_tail "$log"' ERR
+    # The priorities this process (and so the tool and its pipeline) really runs with.
+    applied_nice=$(ps -o ni= -p $$ 2>/dev/null | tr -d ' ' || true)
+    [[ "$applied_nice" =~ ^-?[0-9]+$ ]] || applied_nice=null
+    applied_ionice=$(ionice -p $$ 2>/dev/null || echo unknown)
     case "$METHOD" in
     mariabackup|xtrabackup)
         mkdir -p "$OUT/meta"
@@ -239,7 +243,8 @@ backup-run)
         [ "$backup_type" = incremental ] || fail "$METHOD did not write an incremental backup (backup_type '$backup_type')"
         [ "$from_lsn" = "$INCREMENTAL_LSN" ] || fail "the incremental starts at LSN $from_lsn, not at its parent's $INCREMENTAL_LSN"
     fi
-    echo "{\"galera_info\": $(json_str "$position"), \"to_lsn\": $(json_str "$to_lsn"), \"from_lsn\": $(json_str "$from_lsn")}" > "$OUT/.result"
+    echo "{\"galera_info\": $(json_str "$position"), \"to_lsn\": $(json_str "$to_lsn"), \"from_lsn\": $(json_str "$from_lsn"),"\
+        "\"nice\": $applied_nice, \"ionice\": $(json_str "$applied_ionice")}" > "$OUT/.result"
     ;;
 
 checksum)

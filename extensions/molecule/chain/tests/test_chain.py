@@ -65,7 +65,9 @@ def test_full_then_two_incrementals_then_full_with_recorded_chain(manifests):
     assert inc2["verify"]["level"] == "restore" and inc2["verify"]["checksums"]["chain.t"]["rows"] == 9000
     for m in manifests:
         assert m["desync"]["flow_control_sent"] == 0
-        assert m["throttle"] == {"throttle": 40, "nice": 15, "ionice": "best-effort/6"}
+        # Asked for, and what the backup process really ran with.
+        assert m["throttle"] == {"throttle": 40, "nice": 15, "ionice": "best-effort/6",
+                                 "applied": {"nice": 15, "ionice": "best-effort: prio 6"}}
 
 
 def test_backups_are_encrypted_at_rest_and_record_the_key_id_never_the_key(nodes, manifests):
@@ -179,3 +181,27 @@ def test_freshness_reports_ok_then_fails_when_stale(request):
     output = " ".join((stale.stdout + stale.stderr).split())
     assert stale.returncode != 0
     assert "CRITICAL" in output, output[-2000:]
+
+
+def test_a_failed_copy_keeps_the_backup_fails_the_play_and_leaves_the_node_synced(request, nodes, state):
+    node3 = node(nodes, "galera-node3")
+    directory = "/var/backups/galera-copyfail"
+    node3.run(f"rm -rf {directory}")
+    copies = [{"name": "closed-port", "type": "ssh", "host": state["ssh"]["ip"], "port": 2222,
+               "path": "/srv/backups/nowhere", "identity_file": "/root/.ssh/dbtools_store_key",
+               "known_hosts_file": "/root/.ssh/dbtools_store_known_hosts"}]
+    run = subprocess.run(["ansible-playbook", "-i", request.config.option.ansible_inventory, "dbtools.galera.backup",
+                          "-e", f"galera_backup_dir={directory}", "-e", "galera_backup_node=galera-node3",
+                          "-e", "galera_backup_sample_seconds=0.5",
+                          "-e", json.dumps({"galera_backup_copies": copies})],
+                         capture_output=True, text=True, timeout=900, check=False, env=playbook_env())
+    output = " ".join((run.stdout + run.stderr).split())
+    assert run.returncode != 0
+    assert "is good in /var/backups/galera-copyfail/" in output, output[-3000:]
+    assert "copying it failed for closed-port" in output
+    kept = node3.run(f"ls -1 {directory}").stdout.split()
+    assert len(kept) == 1 and not kept[0].endswith(".partial"), kept
+    check = node3.run(f"cd {directory}/{kept[0]} && test -f manifest.json && sha256sum --quiet -c SHA256SUMS")
+    assert check.rc == 0, check.stderr
+    assert sql(node3, "SELECT @@wsrep_desync") == [["0"]]
+    assert sql(node3, "SHOW STATUS LIKE 'wsrep_local_state_comment'") == [["wsrep_local_state_comment", "Synced"]]
