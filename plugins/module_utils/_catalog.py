@@ -194,20 +194,28 @@ def _read_manifest(manifest_path: str, name: str, problems: list) -> dict | None
     except (OSError, ValueError) as exc:
         problems.append(f"{manifest_path} is not a readable JSON manifest ({exc}): that backup is not counted")
         return None
+    return check_manifest(manifest, name, manifest_path, problems)
+
+
+def check_manifest(manifest, name: str, where: str, problems: list) -> dict | None:
+    """The manifest of backup directory ``name`` (read from ``where``, a path or URL) when it counts
+    as a backup: a JSON object of format 1, naming that directory as its id, with result ok. Else None,
+    with the reason appended to ``problems``. Used for local directories and remote stores alike."""
     if not isinstance(manifest, dict):
-        problems.append(f"{manifest_path} is not a JSON object: that backup is not counted")
+        problems.append(f"{where} is not a JSON object: that backup is not counted (and never deleted)")
         return None
     if manifest.get("format", 1) != 1:
-        problems.append(f"{manifest_path} has format {manifest.get('format')!r}, this collection reads "
+        problems.append(f"{where} has format {manifest.get('format')!r}, this collection reads "
                         "format 1: that backup is not counted")
         return None
+    manifest = dict(manifest)
     manifest.setdefault("id", name)
     if manifest["id"] != name:
-        problems.append(f"{manifest_path} names id {manifest['id']!r}, not its directory {name!r}: "
+        problems.append(f"{where} names id {manifest['id']!r}, not its directory {name!r}: "
                         "that backup is not counted (and never deleted)")
         return None
     if manifest.get("result", "ok") != "ok":
-        problems.append(f"{manifest_path} has result {manifest.get('result')!r}: that backup is not counted")
+        problems.append(f"{where} has result {manifest.get('result')!r}: that backup is not counted")
         return None
     return manifest
 
@@ -378,14 +386,16 @@ def newest_good(backups: list, cluster: str | None = None) -> dict | None:
     return best
 
 
-def choose_parent(backups: list, cluster: str, wsrep_node_name: str, method: str, max_chain: int):
+def choose_parent(backups: list, cluster: str, wsrep_node_name: str, method: str, max_chain: int,
+                  key_id: str | None = None):
     """The backup an incremental backup should build on, as ``(parent or None, reason)``.
 
     Candidates are the restorable backups of ``cluster`` taken on the node ``wsrep_node_name`` (LSNs
     are per node) with the same physical ``method``. The newest candidate is the parent when it has a
-    ``position.to_lsn`` and its chain has fewer than ``max_chain`` backups; otherwise there is no
-    parent (a full backup starts a new chain: building on an older candidate would fork the chain).
-    ``reason`` says why, in either case.
+    ``position.to_lsn``, its chain has fewer than ``max_chain`` backups and it is encrypted with the
+    key of id ``key_id`` (None: not encrypted; a chain has one key); otherwise there is no parent (a
+    full backup starts a new chain: building on an older candidate would fork the chain). ``reason``
+    says why, in either case.
     """
     if method not in PHYSICAL_METHODS:
         return None, f"{method} takes no incremental backups (only {' and '.join(PHYSICAL_METHODS)} do)"
@@ -407,6 +417,12 @@ def choose_parent(backups: list, cluster: str, wsrep_node_name: str, method: str
     if length >= max_chain:
         return None, (f"the chain of the newest candidate {newest['id']} has {length} backups, max_chain is "
                       f"{max_chain}: a full backup starts a new chain")
+    encryption = newest.get("encryption") if isinstance(newest.get("encryption"), dict) else {}
+    if encryption.get("key_id") != key_id:
+        theirs = f"encrypted with key id {encryption['key_id']}" if encryption.get("key_id") else "not encrypted"
+        ours = f"uses key id {key_id}" if key_id else "does not encrypt"
+        return None, (f"the newest candidate {newest['id']} is {theirs}, this backup {ours}: a chain has one key, "
+                      "a full backup starts a new chain")
     return newest, (f"incremental on {newest['id']} (to_lsn {position['to_lsn']}), backup {length + 1} of at "
                     f"most {max_chain} in its chain")
 

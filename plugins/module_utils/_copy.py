@@ -34,7 +34,7 @@ except ImportError:
 else:
     BOTO3_IMPORT_ERROR = None
 
-MANIFEST = "manifest.json"
+MANIFEST = _catalog.MANIFEST
 SUMS = "SHA256SUMS"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 PARTIAL = ".partial"
@@ -482,14 +482,23 @@ echo '@@end'
             self.run("\n".join(lines), f"deleting {what} {', '.join(names)}")
 
 
+def parse_manifest(raw: bytes):
+    """A destination's manifest.json bytes as a dict, or "invalid" when they are not a JSON object."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return "invalid"
+    return value if isinstance(value, dict) else "invalid"
+
+
 def decode_manifest(raw):
+    """A manifest sent base64-encoded in an SSH listing (None when there was none)."""
     if raw is None:
         return None
     try:
-        value = json.loads(base64.b64decode(raw).decode("utf-8"))
+        return parse_manifest(base64.b64decode(raw))
     except (ValueError, TypeError):
         return "invalid"
-    return value if isinstance(value, dict) else "invalid"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -653,13 +662,9 @@ class S3Dest:
         keys = self.list_keys(self.key(local.id))
         if self.key(local.id, MANIFEST) not in keys:
             return None
-        raw = self.read_object(self.key(local.id, MANIFEST))
-        try:
-            manifest = json.loads(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            manifest = "invalid"
+        manifest = parse_manifest(self.read_object(self.key(local.id, MANIFEST)))
         bad, extra = self.verify(local, local.files, keys)
-        return dict(manifest=manifest if isinstance(manifest, dict) else "invalid", bad=bad, extra=extra)
+        return dict(manifest=manifest, bad=bad, extra=extra)
 
     def delete_keys(self, keys, what):
         keys = sorted(keys)
@@ -725,12 +730,7 @@ class S3Dest:
         manifests, partials = {}, []
         for name, rels in sorted(groups.items()):
             if MANIFEST in rels:
-                raw = self.read_object(self.key(name, MANIFEST))
-                try:
-                    value = json.loads(raw.decode("utf-8"))
-                except (ValueError, UnicodeDecodeError):
-                    value = "invalid"
-                manifests[name] = value if isinstance(value, dict) else "invalid"
+                manifests[name] = parse_manifest(self.read_object(self.key(name, MANIFEST)))
             else:
                 partials.append(name)
         return dict(manifests=manifests, partials=partials)
@@ -755,19 +755,11 @@ def retention(dest, local, keep, check_mode):
     mine = []
     names = set()
     for name, manifest in sorted(found["manifests"].items()):
-        if name.endswith(PARTIAL) or _catalog.is_partial(name):
+        if _catalog.is_partial(name):
             continue
-        if not isinstance(manifest, dict):
-            problems.append(f"{dest.url(name)}/{MANIFEST} is not a readable JSON object: that backup is not counted "
-                            "(and never deleted)")
+        manifest = _catalog.check_manifest(manifest, name, f"{dest.url(name)}/{MANIFEST}", problems)
+        if manifest is None or _catalog.cluster_name(manifest) != local.cluster:
             continue
-        if manifest.get("id", name) != name:
-            problems.append(f"{dest.url(name)}/{MANIFEST} names id {manifest.get('id')!r}, not {name!r}: not counted "
-                            "(and never deleted)")
-            continue
-        if _catalog.cluster_name(manifest) != local.cluster:
-            continue
-        manifest = dict(manifest, id=name)
         mine.append(manifest)
         names.add(name)
     if local.id not in names:  # check mode, or a listing that raced with another job

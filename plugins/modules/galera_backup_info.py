@@ -63,6 +63,31 @@ options:
         reported in RV(problems).
       - Ages are worked out again at the time of the merge.
     type: dict
+  parent_for:
+    description:
+      - Also choose the parent of an incremental backup about to be taken, returned as RV(parent) with
+        RV(parent_reason). Needs O(cluster); not with O(merge).
+      - The parent is the newest restorable backup of the cluster taken on the node with the same
+        method, when it has a C(position.to_lsn), its chain holds fewer than O(parent_for.max_incrementals)
+        incrementals and it is encrypted with the same key (or neither is encrypted). Otherwise there is no
+        parent and a full backup starts a new chain; building on an older backup would fork the chain.
+    type: dict
+    suboptions:
+      wsrep_node_name:
+        description: The node to be backed up (InnoDB LSNs belong to one node's data directory).
+        type: str
+        required: true
+      method:
+        description: The backup tool, V(mariabackup) or V(xtrabackup).
+        type: str
+        required: true
+      max_incrementals:
+        description: Incrementals one full backup may carry.
+        type: int
+        required: true
+      key_id:
+        description: Id of the encryption key of the backup to be taken; none when it is not encrypted.
+        type: str
 notes:
   - Ages are the time from a backup's C(finished_at) to the current UTC time of the host that runs
     the module.
@@ -202,6 +227,15 @@ checked_at:
   returned: always
   type: str
   sample: "2026-11-25T05:07:10Z"
+parent:
+  description: The backup an incremental should build on (one of RV(backups)), or null for a full backup.
+  returned: when O(parent_for) is given
+  type: dict
+parent_reason:
+  description: Why RV(parent) was chosen, or why there is none.
+  returned: when O(parent_for) is given
+  type: str
+  sample: the chain of the newest candidate dbtools_db3_20261125T030000Z has 7 backups, max_chain is 7
 path:
   description: The directory read (null with O(merge)).
   returned: always
@@ -222,7 +256,7 @@ def read(path, cluster, now):
     failures = [_catalog.failure_summary(f) for f in found["failures"]
                 if cluster is None or _catalog.cluster_name(f) == cluster]
     where = "in " + (path if found["exists"] else f"{path} (it does not exist)")
-    return _catalog.summarize(backups, now), failures, problems, where
+    return backups, _catalog.summarize(backups, now), failures, problems, where
 
 
 def merge(results, cluster):
@@ -254,7 +288,15 @@ def main():
             fail_on=dict(type="list", elements="str", default=[],
                          choices=["stale", "last_run_failed", "none_found"]),
             merge=dict(type="dict"),
+            parent_for=dict(type="dict", options=dict(
+                wsrep_node_name=dict(type="str", required=True),
+                method=dict(type="str", required=True),
+                max_incrementals=dict(type="int", required=True),
+                key_id=dict(type="str", no_log=False),
+            )),
         ),
+        mutually_exclusive=[("merge", "parent_for")],
+        required_by=dict(parent_for="cluster"),
         supports_check_mode=True,
     )
     p = module.params
@@ -269,13 +311,19 @@ def main():
         summaries, failures, problems, where = merge(p["merge"], p["cluster"])
         path = None
     else:
-        summaries, failures, problems, where = read(p["path"], p["cluster"], now)
+        backups, summaries, failures, problems, where = read(p["path"], p["cluster"], now)
         path = p["path"]
     if p["cluster"] is not None:
         where += f", cluster {p['cluster']}"
     result = _catalog.freshness(summaries, failures, now=now, max_age=p["max_age"], fail_on=p["fail_on"],
                                 problems=problems, where=where)
     result.update(changed=False, path=path)
+    if p["parent_for"] is not None:
+        want = p["parent_for"]
+        parent, reason = _catalog.choose_parent(backups, p["cluster"], want["wsrep_node_name"], want["method"],
+                                                want["max_incrementals"] + 1, key_id=want["key_id"])
+        result.update(parent=next((s for s in summaries if parent and s["id"] == parent["id"]), None),
+                      parent_reason=reason)
     if result["failing"]:
         module.fail_json(msg=result["summary"], **result)
     module.exit_json(**result)

@@ -302,6 +302,23 @@ def test_choose_parent_says_why_none_fits(backups, node, method, max_chain, frag
     assert fragment in reason
 
 
+def test_choose_parent_keeps_one_key_per_chain():
+    plain = manifest(5)
+    encrypted = dict(manifest(4), encryption=dict(cipher="aes-256-ctr", key_id="00112233aabbccdd"))
+    parent, reason = _catalog.choose_parent([plain, encrypted], "dbtools", "galera-node3", "mariabackup", 5,
+                                            key_id="00112233aabbccdd")
+    assert parent["id"] == encrypted["id"]
+    parent, reason = _catalog.choose_parent([plain, encrypted], "dbtools", "galera-node3", "mariabackup", 5,
+                                            key_id="ffffffffffffffff")
+    assert parent is None
+    assert "encrypted with key id 00112233aabbccdd, this backup uses key id ffffffffffffffff" in reason
+    parent, reason = _catalog.choose_parent([plain, encrypted], "dbtools", "galera-node3", "mariabackup", 5)
+    assert parent is None
+    assert "this backup does not encrypt" in reason
+    parent, reason = _catalog.choose_parent([plain], "dbtools", "galera-node3", "mariabackup", 5, key_id="ab")
+    assert parent is None and "is not encrypted, this backup uses key id ab" in reason
+
+
 def test_choose_parent_ignores_broken_chains():
     full = manifest(30)
     orphan = manifest(1, "incremental", parent="gone_x_20260101T000000Z")

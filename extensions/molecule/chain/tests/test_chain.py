@@ -13,7 +13,7 @@ import boto3
 import pytest
 import testinfra
 
-from conftest import node_of as node, playbook_env, sql
+from conftest import node_of as node, playbook_env, run_playbook, sql
 
 testinfra_hosts = ["galera"]
 CHAIN_DIR = "/var/backups/galera-chain"
@@ -168,19 +168,14 @@ def test_s3_copies_are_complete_and_keep_what_the_newest_two_need(manifests, sta
 
 
 def test_freshness_reports_ok_then_fails_when_stale(request):
-    inventory = request.config.option.ansible_inventory
-    base = ["ansible-playbook", "-i", inventory, "dbtools.galera.freshness",
-            "-e", f"galera_backup_dir={CHAIN_DIR}"]
-    fresh = subprocess.run(base + ["-e", "galera_freshness_max_age=3600"], capture_output=True, text=True,
-                           timeout=300, check=False, env=playbook_env())
-    output = " ".join((fresh.stdout + fresh.stderr).split())
-    assert fresh.returncode == 0, output[-2000:]
-    assert "OK" in output
-    stale = subprocess.run(base + ["-e", "galera_freshness_max_age=1"], capture_output=True, text=True,
-                           timeout=300, check=False, env=playbook_env())
-    output = " ".join((stale.stdout + stale.stderr).split())
+    fresh = run_playbook(request, "dbtools.galera.freshness", "-e", f"galera_backup_dir={CHAIN_DIR}",
+                         "-e", "galera_freshness_max_age=3600", timeout=300)
+    assert fresh.returncode == 0, fresh.output[-2000:]
+    assert "OK" in fresh.output
+    stale = run_playbook(request, "dbtools.galera.freshness", "-e", f"galera_backup_dir={CHAIN_DIR}",
+                         "-e", "galera_freshness_max_age=1", timeout=300)
     assert stale.returncode != 0
-    assert "CRITICAL" in output, output[-2000:]
+    assert "CRITICAL" in stale.output, stale.output[-2000:]
 
 
 def test_a_failed_copy_keeps_the_backup_fails_the_play_and_leaves_the_node_synced(request, nodes, state):
@@ -190,12 +185,10 @@ def test_a_failed_copy_keeps_the_backup_fails_the_play_and_leaves_the_node_synce
     copies = [{"name": "closed-port", "type": "ssh", "host": state["ssh"]["ip"], "port": 2222,
                "path": "/srv/backups/nowhere", "identity_file": "/root/.ssh/dbtools_store_key",
                "known_hosts_file": "/root/.ssh/dbtools_store_known_hosts"}]
-    run = subprocess.run(["ansible-playbook", "-i", request.config.option.ansible_inventory, "dbtools.galera.backup",
-                          "-e", f"galera_backup_dir={directory}", "-e", "galera_backup_node=galera-node3",
-                          "-e", "galera_backup_sample_seconds=0.5",
-                          "-e", json.dumps({"galera_backup_copies": copies})],
-                         capture_output=True, text=True, timeout=900, check=False, env=playbook_env())
-    output = " ".join((run.stdout + run.stderr).split())
+    run = run_playbook(request, "dbtools.galera.backup", "-e", f"galera_backup_dir={directory}",
+                       "-e", "galera_backup_node=galera-node3", "-e", "galera_backup_sample_seconds=0.5",
+                       "-e", json.dumps({"galera_backup_copies": copies}))
+    output = run.output
     assert run.returncode != 0
     assert "is good in /var/backups/galera-copyfail/" in output, output[-3000:]
     assert "copying it failed for closed-port" in output
