@@ -45,8 +45,10 @@ CIPHER=aes-256-ctr
 KDF_ITER=200000
 encrypt() { openssl enc -e -"$CIPHER" -pbkdf2 -md sha256 -iter "$KDF_ITER" -salt -pass "file:$KEY_FILE"; }
 decrypt() { openssl enc -d -"$CIPHER" -pbkdf2 -md sha256 -iter "$KDF_ITER" -pass "file:$1"; }
+# The id of the key in $KEY_FILE (a hash of it, never the key); fails naming the file it cannot read.
 key_id() {
-    python3 - "$1" <<'PY'
+    [ -r "${KEY_FILE:-}" ] || fail "the encryption key file ${KEY_FILE:-(none)} cannot be read"
+    python3 - "$KEY_FILE" <<'PY' || fail "cannot read an encryption key from $KEY_FILE"
 import hashlib, sys
 with open(sys.argv[1], "rb") as handle:
     key = handle.readline().rstrip(b"\r\n")
@@ -90,8 +92,7 @@ whoami)
     echo "{\"node_name\": $(json_str "$(cut -f1 <<< "$row")"), \"datadir\": $(json_str "$(cut -f2 <<< "$row")")}"
     ;;
 keyid)
-    [ -r "${KEY_FILE:-}" ] || fail "the encryption key file ${KEY_FILE:-(none)} cannot be read"
-    id=$(key_id "$KEY_FILE") || fail "cannot read the encryption key from ${KEY_FILE}"
+    id=$(key_id)
     echo "{\"key_id\": \"$id\", \"cipher\": \"$CIPHER\", \"kdf\": \"pbkdf2\", \"digest\": \"sha256\", \"iterations\": $KDF_ITER}"
     ;;
 tables)
@@ -275,10 +276,7 @@ prepare)
     members+=("$OUT")
     # Check every encrypted member against the key before extracting anything.
     have_key=""
-    if [ -n "${KEY_FILE:-}" ]; then
-        [ -r "$KEY_FILE" ] || fail "the key file $KEY_FILE cannot be read. Nothing was changed."
-        have_key=$(key_id "$KEY_FILE") || fail "cannot read a key from $KEY_FILE. Nothing was changed."
-    fi
+    [ -z "${KEY_FILE:-}" ] || have_key=$(key_id)
     for m in "${members[@]}"; do
         [ -d "$m" ] || fail "backup $m of the chain is missing"
         [ -f "$m/manifest.json" ] || continue
