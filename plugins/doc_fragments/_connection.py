@@ -37,6 +37,9 @@ options:
   login_unix_socket:
     description:
       - The path of the server's Unix socket. Takes precedence over O(login_host).
+      - Connections to other nodes of the cluster (the takeover of an expired desync lease) ignore it,
+        as they ignore the C(socket) of O(config_file). They go over TCP to the address the node
+        recorded, with the same credentials and TLS options.
     type: str
   config_file:
     description:

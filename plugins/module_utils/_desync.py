@@ -5,21 +5,28 @@
 
 """Desync and resync of one Galera node under the cluster-wide lease (private).
 
-``Desyncer`` holds the whole procedure so the galera_desync module stays a thin
-wrapper; every refusal raises ``Refused`` before anything is written.
+``Desyncer`` holds the whole procedure so the galera_desync module stays a thin wrapper. Every
+refusal raises ``GaleraError`` before anything is written. The order of a desync is what makes it
+safe to fail at any step:
+
+1. read the node and the lease, judge (refusals change nothing);
+2. prepare the watchdog (run directory, log): a failure changes nothing;
+3. take the lease (certification picks one owner); an expired lease of another node is replaced
+   first, then that node is resynced over TCP at its recorded address after checking its
+   ``wsrep_node_name``; if that fails the old row is put back and we refuse;
+4. start the watchdog (it sees our lease on a node not desynced yet);
+5. ``wsrep_desync=ON``; any failure from here on is rolled back (resync, release the lease).
 """
 
 from __future__ import annotations
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _connection, _lease, _watchdog, _wsrep
+import time
 
+from ansible_collections.dbtools.galera.plugins.module_utils import _connection, _lease, _resync, _watchdog, _wsrep
+from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
-class Refused(Exception):
-    """A precondition failed; nothing was changed. ``msg`` says why and what to do."""
-
-    def __init__(self, msg: str):
-        super().__init__(msg)
-        self.msg = msg
+PREDICTED = "(taken by this owner)"
+_READ = object()  # _finish: read the lease for the result
 
 
 def host_port(address: str | None, default_port: int = 3306):
@@ -40,115 +47,74 @@ def host_port(address: str | None, default_port: int = 3306):
         return host, default_port
 
 
+def predict(snap: dict, desync: bool) -> dict:
+    """The node's figures after ``wsrep_desync`` is set ON (from Synced) or OFF and the node caught up."""
+    after = dict(snap, desync=desync)
+    count = snap.get("desync_count") or 0
+    if desync:
+        count += 1
+    elif snap.get("desync"):
+        count = max(count - 1, 0)
+    state = _wsrep.DONOR_DESYNCED if desync or count else _wsrep.SYNCED
+    after.update(desync_count=count, local_state=state, local_state_comment=_wsrep.STATE_NAMES[state])
+    return after
+
+
 class Desyncer:
-    def __init__(self, params: dict, node: _wsrep.Node, check_mode: bool, warn):
+    def __init__(self, params: dict, node: _wsrep.Node, check_mode: bool, warn, watchdog=_watchdog,
+                 clock=time.monotonic, sleep=time.sleep):
         self.p = params
         self.node = node
         self.check_mode = check_mode
         self.warn = warn
+        self.watchdog = watchdog
+        self.clock = clock
+        self.sleep = sleep
         self.lease = _lease.Lease(node, params["lease_database"]) if params["lease"] else None
         self.result = dict(changed=False, drain_seconds=None, sync_seconds=None, flow_control_sent=None,
                            previous_owner=None, watchdog=None)
+        self.lease_after = None
 
     # -- reading -----------------------------------------------------------------------
     def read(self):
         status, variables, snap = self.node.read()
         reason = _wsrep.is_galera(variables, status)
         if reason:
-            raise Refused(f"{reason}. galera_desync only works on a MariaDB Galera, Percona XtraDB "
-                          "Cluster or MySQL-wsrep node; point login_host/login_unix_socket at one.")
+            raise GaleraError(f"{reason}. galera_desync only works on a MariaDB Galera, Percona XtraDB "
+                              "Cluster or MySQL-wsrep node; point login_host/login_unix_socket at one. "
+                              "Nothing was changed.")
         self.status, self.variables, self.snap = status, variables, snap
         self.node_name = variables.get("wsrep_node_name") or variables.get("hostname")
-        provider = _wsrep.parse_provider_options(variables.get("wsrep_provider_options"))
-        if self.p.get("max_recv_queue") is None:
-            self.max_recv_queue = _wsrep.default_max_recv_queue(provider)
-        else:
-            self.max_recv_queue = self.p["max_recv_queue"]
+        self.max_recv_queue = _resync.max_recv_queue(self.p.get("max_recv_queue"), variables)
         return snap
 
     def lease_row(self):
         return self.lease.read() if self.lease else None
 
-    # -- resync ------------------------------------------------------------------------
-    def drain_and_resync(self, node=None) -> dict:
-        """Wait for the receive queue to drain, set wsrep_desync=OFF, wait for Synced.
+    def steps(self, warn=None) -> _resync.Resync:
+        return _resync.Resync(self.p["drain_timeout"], self.p["timeout"], self.p["poll_interval"],
+                              self.max_recv_queue, warn or self.warn, self.clock, self.sleep)
 
-        A queue that does not drain within drain_timeout does not leave the node
-        desynced: it is resynced anyway (it then catches up in JOINED) with a warning.
-        """
-        node = node or self.node
-        p = self.p
-        out = dict(drained=False, synced=False, drain_seconds=0.0, sync_seconds=0.0, max_recv_queue_seen=0)
-        drain = _wsrep.Poller(p["drain_timeout"], p["poll_interval"])
-        queue = None
-        row = None
-        for _poll in drain:
-            row = node.status()
-            queue = row.get("wsrep_local_recv_queue", 0)
-            out["max_recv_queue_seen"] = max(out["max_recv_queue_seen"], queue or 0)
-            if queue is not None and queue <= self.max_recv_queue:
-                out["drained"] = True
-                break
-        out["drain_seconds"] = round(drain.elapsed, 3)
-        if not out["drained"]:
-            self.warn(f"the receive queue did not drain to {self.max_recv_queue} within drain_timeout="
-                      f"{p['drain_timeout']}s (last {queue}); resyncing anyway, so the node catches up in "
-                      "JOINED state and may send flow control meanwhile. Raise drain_timeout for long backups.")
-        node.set_desync(False)
-        out.update(self.wait_synced(node, last_desynced=row))
-        return out
+    def watchdog_wanted(self) -> bool:
+        if not self.p.get("watchdog"):
+            return False
+        if not self.lease:
+            self.warn("watchdog: true needs the lease (lease: true) to know the desync is ours; no watchdog armed.")
+            return False
+        return True
 
-    def wait_synced(self, node=None, last_desynced: dict | None = None) -> dict:
-        """Poll until the node is Synced, bounded by timeout.
+    def disk_refusal(self) -> str | None:
+        """The free-space guard, applied before the desync: it would trip at once."""
+        if not self.p.get("watchdog") or not self.lease or not _wsrep.on_this_host(self.node.conn, self.variables):
+            return None
+        provider = _wsrep.parse_provider_options(self.variables.get("wsrep_provider_options"))
+        directory = _wsrep.gcache_dir(self.variables, provider)
+        reason = _watchdog.disk_guard_reason(_wsrep.filesystem_space(directory), directory,
+                                             self.p.get("watchdog_min_free_bytes") or 0,
+                                             self.p.get("watchdog_min_free_fraction") or 0)
+        return f"{reason}. Free space there or lower the guard" if reason else None
 
-        The desync cycle's flow control is counted up to the last status read that still saw the
-        node not Synced (``last_desynced``, the drain's last read, when the first read after the
-        resync already sees Synced): a busy Synced node sends flow control of its own every few
-        milliseconds, which is not the cycle's doing. After a drained resync Joined lasts moments,
-        so the reads start 10 ms apart and slow down to poll_interval.
-        """
-        node = node or self.node
-        sync = _wsrep.Poller(self.p["timeout"], self.p["poll_interval"], first_interval=0.01)
-        status = {}
-        for _poll in sync:
-            status = node.status()
-            if status.get("wsrep_local_state") == _wsrep.SYNCED:
-                break
-            last_desynced = status
-        state = status.get("wsrep_local_state")
-        synced = state == _wsrep.SYNCED
-        edge = last_desynced if last_desynced is not None else status
-        return dict(synced=synced, sync_seconds=round(sync.elapsed, 3), last_state=_wsrep.STATE_NAMES.get(state, state),
-                    flow_control_sent_before_synced=edge.get("wsrep_flow_control_sent") if synced else None)
-
-    def _resync_remote(self, row: dict) -> None:
-        """Resync the node of an expired lease held on another node, before taking it over."""
-        host, port = host_port(row.get("node_address"), self.p.get("login_port") or 3306)
-        if not host:
-            raise Refused(f"the desync lease expired ({_lease.describe(row)}) but it records no address for node "
-                          f"{row['node']}, so its desync cannot be checked. Run galera_desync state=synced "
-                          f"force=true on {row['node']}, then retry.")
-        params = dict(self.p, login_host=host, login_port=port, login_unix_socket=None)
-        try:
-            conn = _connection.connect(params)
-        except _connection.GaleraConnectionError as exc:
-            raise Refused(f"the desync lease expired ({_lease.describe(row)}) and node {row['node']} must be "
-                          f"resynced before another node is desynced, but it cannot be reached: {exc.msg}. "
-                          f"Run galera_desync state=synced force=true on {row['node']}, then retry.") from exc
-        try:
-            remote = _wsrep.Node(conn)
-            if remote.variables().get("wsrep_desync") is True:
-                out = self.drain_and_resync(remote)
-                self.node.queries.extend(remote.queries)
-                if not out["synced"]:
-                    raise Refused(f"node {row['node']} of the expired lease was resynced but is not Synced yet "
-                                  f"({out['last_state']}); retry when it is.")
-                self.warn(f"took over the expired desync lease of owner '{row['owner']}': resynced node "
-                          f"{row['node']} first")
-        finally:
-            conn.close()
-
-    # -- the two states ------------------------------------------------------------------
+    # -- state=desynced ----------------------------------------------------------------
     def desynced(self) -> dict:
         p = self.p
         before = self.read()
@@ -158,62 +124,174 @@ class Desyncer:
 
         if before["desync"] is True:
             if state == _lease.OURS or not self.lease:
-                if state == _lease.OURS and not self.check_mode:
-                    self.arm_watchdog()
-                return self._finish(changed=False)
-            raise Refused(
+                if state == _lease.OURS and not self.check_mode and self.watchdog_wanted():
+                    self.result["watchdog"] = self.watchdog.arm(self.watchdog_params(), p["owner"], self.node_name)
+                return self._finish(changed=False, lease_after=row)
+            if state == _lease.EXPIRED and row["node"] == self.node_name:
+                whose = (f"its lease expired ({_lease.describe(row)}); its watchdog resyncs it, or clear it with "
+                         "galera_desync state=synced force=true")
+            elif row:
+                whose = _lease.describe(row)
+            else:
+                whose = "no desync lease exists, so it was set outside dbtools.galera (a DBA or another tool)"
+            raise GaleraError(
                 f"node {self.node_name} is already desynced (wsrep_desync=ON) and not by owner '{p['owner']}': "
-                f"{_lease.describe(row) if row else 'no desync lease exists, so it was set outside dbtools.galera (a DBA or another tool)'}. "
-                "Leave it to its owner, or pick another node."
+                f"{whose}. Leave it to its owner, or pick another node. Nothing was changed.", holder=row,
             )
         if state == _lease.HELD:
-            raise Refused(f"another desync holds the cluster-wide lease: {_lease.describe(row)}. Only one node "
-                          "of a cluster may be desynced at a time; wait for it to end or for the lease to expire.")
+            raise GaleraError(f"another desync holds the cluster-wide lease: {_lease.describe(row)}. Only one node "
+                              "of a cluster may be desynced at a time; wait for it to end or for the lease to expire. "
+                              "Nothing was changed.", holder=row)
 
         reasons = _wsrep.desync_refusals(before, p["min_cluster_size"])
+        disk = self.disk_refusal()
+        if disk:
+            reasons.append(disk)
         if reasons:
-            raise Refused(f"refusing to desync node {self.node_name}: " + "; ".join(reasons) + ". Nothing was changed.")
+            raise GaleraError(f"refusing to desync node {self.node_name}: " + "; ".join(reasons) +
+                              ". Nothing was changed.")
 
+        previous = row if state == _lease.EXPIRED else None
+        if previous:
+            self.result["previous_owner"] = previous["owner"]
         if self.check_mode:
-            return self._finish(changed=True, predicted_desync=True)
+            lease_after = self.predicted_lease() if self.lease else None
+            return self._finish(changed=True, predicted_desync=True, lease_after=lease_after)
 
-        if state == _lease.EXPIRED:
-            if row["node"] != self.node_name:
-                self._resync_remote(row)
-            self.result["previous_owner"] = row["owner"]
+        wants_watchdog = self.watchdog_wanted()
+        if wants_watchdog:
+            self.watchdog.prepare(p["owner"], self.node_name)
         if self.lease:
-            try:
-                self.lease.acquire(
-                    p["owner"], self.node_name, _wsrep.client_address(self.variables),
-                    self.variables.get("wsrep_cluster_name"), p["lease_ttl"], before.get("flow_control_sent"),
-                    replace=row if state == _lease.EXPIRED else None,
-                )
-            except _lease.LeaseConflict as exc:
-                raise Refused(exc.msg + ". Only one node of a cluster may be desynced at a time.") from exc
+            self.take_lease(previous)
+        try:
+            if previous and previous["node"] != self.node_name:
+                self.resync_previous(previous)
+                self.recheck()
+            if wants_watchdog:
+                self.result["watchdog"] = self.watchdog.arm(self.watchdog_params(), p["owner"], self.node_name)
+        except BaseException as exc:
+            if not (isinstance(exc, GaleraError) and exc.get("_keep_lease")):
+                self.release_quietly()
+            raise
         try:
             self.node.set_desync(True)
-        except Exception:
-            if self.lease:
-                self.lease.release(p["owner"], self.node_name)
+        except BaseException:
+            self.release_quietly()
             raise
-        self.arm_watchdog()
-        after = self.read()
-        if self.lease and after.get("flow_control_sent") is not None:
-            # The cycle starts now, not when the lease was taken a moment ago on a still Synced node.
-            self.lease.mark_desynced(p["owner"], self.node_name, after["flow_control_sent"])
+        try:
+            after = self.read()
+            if self.lease and not self.lease.mark_desynced(p["owner"], self.node_name, after.get("flow_control_sent")):
+                raise GaleraError(f"the desync lease is no longer owner '{p['owner']}''s (lease_ttl={p['lease_ttl']}s "
+                                  "is too short, or it was taken over)")
+        except Exception as exc:  # pylint: disable=broad-except
+            self.roll_back(exc)
         return self._finish(changed=True)
 
-    def arm_watchdog(self) -> None:
-        """Start the on-node watchdog that resyncs the node if this desync is never ended."""
-        if not self.p.get("watchdog"):
-            return
-        if not self.lease:
-            self.warn("watchdog: true needs the lease (lease: true) to know the desync is ours; no watchdog armed.")
-            return
-        pid = _watchdog.arm(self.p, self.p["owner"], self.node_name)
-        self.result["watchdog"] = dict(pid=pid, state_file=_watchdog.paths(self.p["owner"], self.node_name)["state"],
-                                       log_file=_watchdog.LOG_FILE)
+    def predicted_lease(self) -> dict:
+        return dict(node=self.node_name, owner=self.p["owner"], node_address=_wsrep.client_address(self.variables),
+                    cluster_name=self.variables.get("wsrep_cluster_name"), acquired_at=None, expires_at=None,
+                    flow_control_sent_at_desync=self.snap.get("flow_control_sent"), expired=False,
+                    seconds_left=self.p["lease_ttl"])
 
+    def watchdog_params(self) -> dict:
+        return dict(self.p, _gcache_local=_wsrep.on_this_host(self.node.conn, self.variables))
+
+    def take_lease(self, previous: dict | None) -> None:
+        p = self.p
+        try:
+            self.lease.acquire(
+                p["owner"], self.node_name, _wsrep.client_address(self.variables),
+                self.variables.get("wsrep_cluster_name"), p["lease_ttl"], self.snap.get("flow_control_sent"),
+                replace=previous,
+            )
+        except GaleraError as exc:
+            if exc.get("conflict"):
+                raise GaleraError(exc.msg + ". Only one node of a cluster may be desynced at a time. Nothing was "
+                                  "changed.", **exc.details) from exc
+            raise
+
+    def release_quietly(self) -> None:
+        """Give the lease back after a failure before the desync; a failure here is not the story."""
+        if not self.lease:
+            return
+        try:
+            self.lease.release(self.p["owner"], self.node_name)
+        except Exception:  # pylint: disable=broad-except
+            self.warn(f"could not release the desync lease after the failure; it expires after "
+                      f"lease_ttl={self.p['lease_ttl']}s")
+
+    def roll_back(self, cause) -> None:
+        """A failure after wsrep_desync=ON: resync and release the lease, then fail naming the cause."""
+        text = cause.msg if isinstance(cause, GaleraError) else str(cause)
+        try:
+            out = self.steps().drain_and_resync(self.node)
+        except Exception as exc:  # pylint: disable=broad-except
+            where = (f"the watchdog (pid {self.result['watchdog']['pid']}) resyncs it when the lease expires "
+                     f"(lease_ttl={self.p['lease_ttl']}s)" if self.result.get("watchdog") else
+                     "no watchdog runs: run galera_desync state=synced")
+            raise GaleraError(f"node {self.node_name} was desynced but then {text}; the rollback failed too ({exc}), "
+                              f"so it may still be desynced under this owner's lease: {where}.", changed=True) from exc
+        self.release_quietly()
+        raise GaleraError(f"node {self.node_name} was desynced but then {text}; it was rolled back "
+                          f"({out['last_state']}, lease released). Nothing was changed.",
+                          changed=not out["synced"])
+
+    def resync_previous(self, previous: dict) -> None:
+        """Resync the node of the expired lease we just replaced; put its row back if we cannot."""
+        node_name = previous["node"]
+        host, port = host_port(previous.get("node_address"), self.p.get("login_port") or 3306)
+        try:
+            if not host:
+                raise GaleraError("the lease records no address for it")
+            with _connection.Session(self.p, address=(host, port)) as session:
+                remote = _wsrep.Node(session.connection())
+                try:
+                    self._resync_remote(remote, previous, host, port)
+                finally:
+                    self.node.queries.extend(remote.queries)
+        except Exception as exc:  # pylint: disable=broad-except
+            text = exc.msg if isinstance(exc, GaleraError) else f"{type(exc).__name__}: {exc}"
+            try:
+                restored = self.lease.restore(previous, self.p["owner"], self.node_name)
+            except Exception as again:  # pylint: disable=broad-except
+                restored = False
+                text += f"; putting the old lease back failed too ({again})"
+            put_back = ("the lease was put back, still naming it" if restored else
+                        f"the lease could not be put back, so it stays this owner's until it expires "
+                        f"(lease_ttl={self.p['lease_ttl']}s) and no other node is desynced meanwhile")
+            raise GaleraError(
+                f"the desync lease expired ({_lease.describe(previous)}) and node {node_name} must be resynced "
+                f"before another node is desynced, but {text}; {put_back}. Run galera_desync state=synced "
+                f"force=true on {node_name}, then retry. This node was not desynced.", holder=previous,
+                _keep_lease=True,
+            ) from exc
+
+    def _resync_remote(self, remote, previous: dict, host: str, port: int) -> None:
+        variables = remote.variables()
+        name = variables.get("wsrep_node_name")
+        if name != previous["node"]:
+            raise GaleraError(f"{host}:{port}, its recorded address, answers as node {name!r}, not {previous['node']!r}")
+        if variables.get("wsrep_desync") is not True:
+            return
+        max_queue = _resync.max_recv_queue(self.p.get("max_recv_queue"), variables)
+        out = _resync.Resync(self.p["drain_timeout"], self.p["timeout"], self.p["poll_interval"], max_queue,
+                             self.warn, self.clock, self.sleep).drain_and_resync(remote)
+        if not out["synced"]:
+            raise GaleraError(f"it was resynced but is not Synced yet ({out['last_state']}); retry when it is")
+        self.warn(f"took over the expired desync lease of owner '{previous['owner']}': resynced node "
+                  f"{previous['node']} first")
+
+    def recheck(self) -> None:
+        """After resyncing another node (which may take minutes), judge this one again."""
+        before = self.read()
+        reasons = _wsrep.desync_refusals(before, self.p["min_cluster_size"])
+        if before.get("desync"):
+            reasons.append("it was desynced meanwhile (wsrep_desync=ON)")
+        if reasons:
+            raise GaleraError(f"refusing to desync node {self.node_name} after resyncing node of the expired lease: "
+                              + "; ".join(reasons) + ". This node was not desynced.")
+
+    # -- state=synced ------------------------------------------------------------------
     def synced(self) -> dict:
         p = self.p
         before = self.read()
@@ -228,82 +306,94 @@ class Desyncer:
                           f"(wsrep_desync_count={before.get('desync_count')}: an SST donor, a global read lock "
                           "or BACKUP STAGE); left alone.")
             if not ours:
-                return self._finish(changed=False)
+                return self._finish(changed=False, lease_after=row)
             # Our desync was already turned off (a previous run timed out waiting): finish the job.
             if self.check_mode:
-                return self._finish(changed=True, predicted_desync=False)
-            self._wait_synced_then_release(None)
-            return self._finish(changed=True)
+                return self._finish(changed=True, predicted_desync=False, lease_after=None)
+            self._resync_and_release(row, resync=False)
+            return self._finish(changed=True, lease_after=self.lease_after)
 
+        same_node_row = row if row and row["node"] == self.node_name else None
         if not ours:
             if not self.lease:
                 owner_text = ("lease: false, so nothing records who set wsrep_desync=ON; "
                               "set force: true to clear it")
-            elif row and row["node"] == self.node_name:
+            elif same_node_row:
                 owner_text = f"it belongs to another owner: {_lease.describe(row)}"
             else:
                 owner_text = ("no desync lease names this node, so wsrep_desync=ON was set outside "
                               "dbtools.galera (a DBA or another tool)")
             if not p["force"]:
-                raise Refused(f"refusing to resync node {self.node_name}: {owner_text}. It is not ours to clear; "
-                              "use force: true to clear it anyway. Nothing was changed.")
-            self.result["previous_owner"] = row["owner"] if row and row["node"] == self.node_name else "unknown"
+                raise GaleraError(f"refusing to resync node {self.node_name}: {owner_text}. It is not ours to clear; "
+                                  "use force: true to clear it anyway. Nothing was changed.", holder=row)
+            self.result["previous_owner"] = same_node_row["owner"] if same_node_row else "unknown"
             self.warn(f"force: clearing a desync that is not owner '{p['owner']}''s ({owner_text}).")
 
         if self.check_mode:
-            return self._finish(changed=True, predicted_desync=False)
+            return self._finish(changed=True, predicted_desync=False,
+                                lease_after=None if same_node_row else row)
+        self._resync_and_release(same_node_row, resync=True)
+        return self._finish(changed=True, lease_after=self.lease_after)
 
-        self._wait_synced_then_release(row if (ours or (row and row["node"] == self.node_name)) else None,
-                                       resync=True)
-        return self._finish(changed=True)
-
-    def _wait_synced_then_release(self, row, resync: bool = False):
+    def _resync_and_release(self, row, resync: bool) -> None:
         p = self.p
+        steps = self.steps()
         if resync:
-            out = self.drain_and_resync()
+            out = steps.drain_and_resync(self.node, first_status=self.status)
         else:
-            out = dict(drained=True, drain_seconds=0.0, max_recv_queue_seen=None, **self.wait_synced())
+            out = dict(drained=True, drain_seconds=0.0, max_recv_queue_seen=None, **steps.wait_synced(self.node))
         self.result.update(drain_seconds=out["drain_seconds"], sync_seconds=out["sync_seconds"],
                            drained=out["drained"], max_recv_queue_seen=out["max_recv_queue_seen"])
         after = self.read()
-        fc_start = (row or self.result.get("lease_before") or {}).get("flow_control_sent_at_desync")
+        fc_start = (row or {}).get("flow_control_sent_at_desync")
         fc_end = out["flow_control_sent_before_synced"]
         if fc_end is None:
             fc_end = after.get("flow_control_sent")
         if fc_start is not None and fc_end is not None and fc_end >= fc_start:
             self.result["flow_control_sent"] = fc_end - fc_start
         if not out["synced"]:
-            raise Refused(f"node {self.node_name} has wsrep_desync=OFF but did not reach Synced within "
-                          f"timeout={p['timeout']}s (it is {out['last_state']}, receive queue "
-                          f"{after.get('recv_queue')}). It is catching up; the lease is kept until it is Synced. "
-                          "Rerun galera_desync state=synced (or galera_wait_synced) to finish.")
-        if self.lease:
-            lease_row = self.result.get("lease_before")
-            if lease_row and lease_row["node"] == self.node_name and lease_row["owner"] != p["owner"]:
-                self.lease.remove(lease_row)
+            raise GaleraError(f"node {self.node_name} has wsrep_desync=OFF but did not reach Synced within "
+                              f"timeout={p['timeout']}s (it is {out['last_state']}, receive queue "
+                              f"{after.get('recv_queue')}). It is catching up; the lease is kept until it is Synced. "
+                              "Rerun galera_desync state=synced (or galera_wait_synced) to finish.",
+                              changed=resync)
+        self.lease_after = self.result["lease_before"]
+        if not self.lease or not row:
+            return
+        try:
+            if row["owner"] != p["owner"]:
+                self.lease.remove(row)
             else:
                 self.lease.release(p["owner"], self.node_name)
+        except Exception as exc:  # pylint: disable=broad-except
+            raise GaleraError(
+                f"node {self.node_name} was resynced and is Synced, but its desync lease could not be released: "
+                f"{exc}. Until it is, no other node can be desynced: rerun galera_desync state=synced to release "
+                f"it, or it expires at {row['expires_at']} UTC (its watchdog then releases it).",
+                changed=True, desynced=False,
+            ) from exc
+        self.lease_after = None
 
-    def _finish(self, changed: bool, predicted_desync=None) -> dict:
-        after = self.snap
-        if predicted_desync is not None:
-            after = dict(after, desync=predicted_desync)
-        lease_after = self.lease_row() if not self.check_mode else self.result.get("lease_before")
+    # -- the result ----------------------------------------------------------------------
+    def _finish(self, changed: bool, predicted_desync=None, lease_after=_READ) -> dict:
+        after = self.snap if predicted_desync is None else predict(self.snap, predicted_desync)
+        if lease_after is _READ:
+            lease_after = self.lease_row()
+        before = self.result["before"]
+        if self.check_mode and predicted_desync:
+            diff_after = dict(_diff_view(after, None), lease=PREDICTED if self.lease else "none")
+        else:
+            diff_after = _diff_view(after, lease_after)
         self.result.update(
             changed=changed,
             after=after,
             desynced=bool(after.get("desync")),
-            local_state_comment=dict(before=self.result["before"]["local_state_comment"],
-                                     after=after["local_state_comment"]),
+            local_state_comment=dict(before=before["local_state_comment"], after=after["local_state_comment"]),
             recv_queue=after.get("recv_queue"),
             max_recv_queue=self.max_recv_queue,
             lease=lease_after,
             node=self.node_name,
-            diff=dict(
-                before=_diff_view(self.result["before"], self.result.get("lease_before")),
-                after=_diff_view(after, lease_after if not self.check_mode else None) if not self.check_mode
-                else dict(_diff_view(after, None), lease="(taken by this owner)" if predicted_desync else "none"),
-            ),
+            diff=dict(before=_diff_view(before, self.result.get("lease_before")), after=diff_after),
         )
         return self.result
 

@@ -9,6 +9,10 @@ One row in an InnoDB table replicated by Galera names the node desynced by us, i
 owner and the lease's expiry. Acquiring writes the row in one transaction on the
 target node: two owners acquiring on two nodes at once write the same primary key,
 Galera certification lets exactly one commit and fails the other with ER_LOCK_DEADLOCK.
+
+Every failure raises ``GaleraError``; a lost race or a taken lease carries ``conflict=True`` and
+the ``holder`` row in its details. DDL on Galera is a cluster-wide (TOI) operation, so the
+schema is created only when a read found it missing, and then only the part that is missing.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ansible_collections.dbtools.galera.plugins.module_utils._connection import 
     ER_TABLEACCESS_DENIED,
     mysql_errno,
 )
+from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
 LEASE_KEY = "desync"
 TABLE = "desync_lease"
@@ -36,22 +41,6 @@ FREE = "free"
 OURS = "ours"
 HELD = "held"
 EXPIRED = "expired"
-
-
-class LeaseError(Exception):
-    """The lease could not be read or written; ``msg`` names the cause and the fix."""
-
-    def __init__(self, msg: str):
-        super().__init__(msg)
-        self.msg = msg
-
-
-class LeaseConflict(LeaseError):
-    """Another owner won the lease; ``holder`` is its row."""
-
-    def __init__(self, msg: str, holder: dict | None):
-        super().__init__(msg)
-        self.holder = holder
 
 
 def valid_database_name(name: str) -> bool:
@@ -76,56 +65,87 @@ def describe(row: dict | None) -> str:
             f"lease expires {row['expires_at']} UTC")
 
 
+LEASE_COLUMNS = (
+    " lease_key VARCHAR(32) NOT NULL PRIMARY KEY,"
+    " cluster_name VARCHAR(255) NULL,"
+    " node VARCHAR(255) NOT NULL,"
+    " node_address VARCHAR(255) NULL,"
+    " owner VARCHAR(255) NOT NULL,"
+    " acquired_at DATETIME(6) NOT NULL,"
+    " expires_at DATETIME(6) NOT NULL,"
+    " flow_control_sent_at_desync BIGINT NULL"
+)
+EVENTS_COLUMNS = (
+    " id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,"
+    " at DATETIME(6) NOT NULL,"
+    " node VARCHAR(255) NOT NULL,"
+    " owner VARCHAR(255) NOT NULL,"
+    " event VARCHAR(32) NOT NULL,"
+    " detail TEXT NULL"
+)
+_MISSING_ERRNOS = (ER_BAD_DB, ER_NO_SUCH_TABLE)
+
+
 class Lease:
     """The lease table of one cluster, seen through a ``_wsrep.Node``."""
 
     def __init__(self, node, database: str):
         if not valid_database_name(database):
-            raise LeaseError(
-                f"lease_database {database!r} is not a plain database name (letters, digits, _ and $, at most 64)"
+            raise GaleraError(
+                f"lease_database {database!r} is not a plain database name (letters, digits, _ and $, at most 64). "
+                "Nothing was changed."
             )
         self.node = node
         self.database = database
         self.table = f"`{database}`.`{TABLE}`"
+        # None: not known yet; True: the last read found no table; False: it exists.
+        self.table_missing = None
 
-    def _privilege_error(self, exc, action: str) -> LeaseError:
-        return LeaseError(
+    def _privilege_error(self, exc, action: str) -> GaleraError:
+        return GaleraError(
             f"cannot {action} the desync lease table {self.database}.{TABLE}: {exc.args[-1]}. "
             f"Grant the connecting user CREATE, SELECT, INSERT, UPDATE, DELETE ON `{self.database}`.* "
             "(or create the table as an administrator first), or set lease: false to run without the "
-            "cluster-wide lease (not recommended: nothing then stops two desynced nodes)."
+            "cluster-wide lease (not recommended: nothing then stops two desynced nodes).",
+            errno=mysql_errno(exc),
         )
 
-    def ensure(self) -> None:
-        """Create the schema and table when missing (DDL replicates cluster-wide)."""
+    def missing(self) -> list:
+        """What of the schema does not exist: among ``database``, TABLE and EVENTS_TABLE (one read)."""
+        rows = self.node.query(
+            "SELECT (SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s), "
+            "(SELECT GROUP_CONCAT(TABLE_NAME) FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME IN (%s, %s))",
+            (self.database, self.database, TABLE, EVENTS_TABLE), record=False,
+        )
+        has_db, tables = rows[0] if rows else (0, None)
+        present = set(str(tables or "").split(","))
+        out = [] if has_db else ["database"]
+        out.extend(t for t in (TABLE, EVENTS_TABLE) if t not in present)
+        return out
+
+    def ensure(self) -> list:
+        """Create what is missing of the schema; return what was created.
+
+        DDL replicates cluster-wide in total order (TOI), so nothing is sent when all exists.
+        """
         try:
-            self.node.query(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
-            self.node.query(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                " lease_key VARCHAR(32) NOT NULL PRIMARY KEY,"
-                " cluster_name VARCHAR(255) NULL,"
-                " node VARCHAR(255) NOT NULL,"
-                " node_address VARCHAR(255) NULL,"
-                " owner VARCHAR(255) NOT NULL,"
-                " acquired_at DATETIME(6) NOT NULL,"
-                " expires_at DATETIME(6) NOT NULL,"
-                " flow_control_sent_at_desync BIGINT NULL"
-                ") ENGINE=InnoDB"
-            )
-            self.node.query(
-                f"CREATE TABLE IF NOT EXISTS `{self.database}`.`{EVENTS_TABLE}` ("
-                " id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,"
-                " at DATETIME(6) NOT NULL,"
-                " node VARCHAR(255) NOT NULL,"
-                " owner VARCHAR(255) NOT NULL,"
-                " event VARCHAR(32) NOT NULL,"
-                " detail TEXT NULL"
-                ") ENGINE=InnoDB"
-            )
+            created = self.missing()
+            if "database" in created:
+                self.node.query(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+            if TABLE in created:
+                self.node.query(f"CREATE TABLE IF NOT EXISTS {self.table} ({LEASE_COLUMNS}) ENGINE=InnoDB")
+            if EVENTS_TABLE in created:
+                self.node.query(f"CREATE TABLE IF NOT EXISTS `{self.database}`.`{EVENTS_TABLE}` ({EVENTS_COLUMNS}) "
+                                "ENGINE=InnoDB")
+        except GaleraError:
+            raise
         except Exception as exc:  # pymysql errors: classified by errno
             if mysql_errno(exc) in _ACCESS_ERRNOS:
                 raise self._privilege_error(exc, "create") from exc
             raise
+        self.table_missing = False
+        return created
 
     def read(self, for_update: bool = False) -> dict | None:
         """The current lease row (with an ``expired`` flag), or None. None too when no table."""
@@ -138,11 +158,13 @@ class Lease:
             rows = self.node.query(sql, (LEASE_KEY,), record=False)
         except Exception as exc:
             errno = mysql_errno(exc)
-            if errno in (ER_BAD_DB, ER_NO_SUCH_TABLE):
+            if errno in _MISSING_ERRNOS:
+                self.table_missing = True
                 return None
             if errno in _ACCESS_ERRNOS:
                 raise self._privilege_error(exc, "read") from exc
             raise
+        self.table_missing = False
         if not rows:
             return None
         r = rows[0]
@@ -150,28 +172,60 @@ class Lease:
                     expires_at=r[6], flow_control_sent_at_desync=r[7], expired=bool(r[8]),
                     seconds_left=int(r[9]))
 
+    def _transaction(self, body):
+        """Run ``body()`` in one causally consistent transaction; certification losses are conflicts."""
+        conn = self.node.conn
+        for attempt in (1, 2):
+            try:
+                # Causal read: see every lease committed anywhere in the cluster before ours.
+                self.node.query("SET SESSION wsrep_sync_wait = 1", record=False)
+                conn.begin()
+                out = body()
+                conn.commit()
+                return out
+            except GaleraError:
+                _rollback(conn)
+                raise
+            except Exception as exc:
+                _rollback(conn)
+                errno = mysql_errno(exc)
+                if errno in _MISSING_ERRNOS and attempt == 1:
+                    self.ensure()  # dropped since it was read: create what is missing, try once more
+                    continue
+                if errno in (ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT):
+                    # Another node's write certified first: report who holds the lease now.
+                    holder = self.read()
+                    raise GaleraError(
+                        f"another owner acquired the desync lease at the same moment: {describe(holder)}",
+                        conflict=True, holder=holder,
+                    ) from exc
+                if errno in _ACCESS_ERRNOS:
+                    raise self._privilege_error(exc, "write") from exc
+                raise
+            finally:
+                _restore_sync_wait(self.node)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def acquire(self, owner: str, node: str, node_address: str | None, cluster_name: str | None,
                 ttl: int, flow_control_sent: int | None, replace: dict | None = None) -> dict:
-        """Write our lease in one transaction; raise LeaseConflict when another owner has it.
+        """Write our lease in one transaction; raise GaleraError(conflict=True) when another owner has it.
 
-        ``replace`` is the expired row we decided to take over: the write only succeeds if
-        that row is still what the table holds.
+        ``replace`` is the expired row we decided to take over: the write only succeeds if that
+        row is still what the table holds (same owner, node and acquisition time). The schema is
+        created first only when the last read found it missing. Returns the row as written
+        (times are the server's, read back by ``read``).
         """
-        self.ensure()
-        conn = self.node.conn
-        try:
-            # Causal read: see every lease committed anywhere in the cluster before ours.
-            self.node.query("SET SESSION wsrep_sync_wait = 1", record=False)
-            conn.begin()
+        if self.table_missing is not False:
+            self.ensure()
+
+        def body():
             current = self.read(for_update=True)
             state = judge(current, owner, node)
             if state == OURS:
-                conn.rollback()
                 return current
-            replaced = replace is not None and current is not None and (current["owner"], current["node"]) == (replace["owner"], replace["node"])
-            if state == HELD or (state == EXPIRED and not replaced):
-                conn.rollback()
-                raise LeaseConflict(f"the desync lease is taken: {describe(current)}", current)
+            if state == HELD or (state == EXPIRED and not same_row(current, replace)):
+                raise GaleraError(f"the desync lease is taken: {describe(current)}", conflict=True,
+                                  holder=current)
             if current:
                 self.node.query(f"DELETE FROM {self.table} WHERE lease_key = %s", (LEASE_KEY,))
             self.node.query(
@@ -180,40 +234,55 @@ class Lease:
                 f"UTC_TIMESTAMP(6) + INTERVAL %s SECOND, %s)",
                 (LEASE_KEY, cluster_name, node, node_address, owner, int(ttl), flow_control_sent),
             )
-            conn.commit()
-        except LeaseError:
-            raise
-        except Exception as exc:
-            _rollback(conn)
-            errno = mysql_errno(exc)
-            if errno in (ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT):
-                # Another node's acquire certified first: report who holds the lease now.
-                holder = self.read()
-                raise LeaseConflict(
-                    f"another owner acquired the desync lease at the same moment: {describe(holder)}", holder
-                ) from exc
-            if errno in _ACCESS_ERRNOS:
-                raise self._privilege_error(exc, "write") from exc
-            raise
-        finally:
-            _restore_sync_wait(self.node)
-        return self.read()
+            return dict(cluster_name=cluster_name, node=node, node_address=node_address, owner=owner,
+                        flow_control_sent_at_desync=flow_control_sent, expired=False, seconds_left=int(ttl))
+
+        return self._transaction(body)
+
+    def restore(self, old: dict, owner: str, node: str) -> bool:
+        """Put back ``old`` (a row we replaced) while our own row is still there; True when done.
+
+        A takeover that could not resync the old holder's node leaves the lease naming that node,
+        still desynced, rather than ours.
+        """
+        def body():
+            current = self.read(for_update=True)
+            if judge(current, owner, node) != OURS:
+                return False
+            self.node.query(f"DELETE FROM {self.table} WHERE lease_key = %s AND owner = %s AND node = %s",
+                            (LEASE_KEY, owner, node))
+            self.node.query(
+                f"INSERT INTO {self.table} (lease_key, cluster_name, node, node_address, owner, acquired_at, "
+                f"expires_at, flow_control_sent_at_desync) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (LEASE_KEY, old.get("cluster_name"), old["node"], old.get("node_address"), old["owner"],
+                 old["acquired_at"], old["expires_at"],
+                 old.get("flow_control_sent_at_desync")),
+            )
+            return True
+
+        return self._transaction(body)
 
     def renew(self, owner: str, node: str, ttl: int) -> bool:
-        """Push our lease's expiry to now + ttl; False when the lease is not ours."""
+        """Push our unexpired lease's expiry to now + ttl; False when it is not ours or expired.
+
+        An expired lease is never revived: another owner may be taking it over at this moment.
+        """
         self.node.query(
             f"UPDATE {self.table} SET expires_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND "
-            f"WHERE lease_key = %s AND owner = %s AND node = %s",
+            f"WHERE lease_key = %s AND owner = %s AND node = %s AND expires_at > UTC_TIMESTAMP(6)",
             (int(ttl), LEASE_KEY, owner, node),
         )
         return self.node.conn.affected_rows() == 1
 
-    def mark_desynced(self, owner: str, node: str, flow_control_sent: int) -> bool:
-        """Record the node's flow-control counter at the moment it was desynced under our lease."""
+    def mark_desynced(self, owner: str, node: str, flow_control_sent: int | None) -> bool:
+        """Record the node's flow-control counter at the moment it was desynced under our lease.
+
+        False when the lease is not ours any more (it expired and was taken, or was released).
+        """
         self.node.query(
             f"UPDATE {self.table} SET flow_control_sent_at_desync = %s "
             f"WHERE lease_key = %s AND owner = %s AND node = %s",
-            (int(flow_control_sent), LEASE_KEY, owner, node),
+            (None if flow_control_sent is None else int(flow_control_sent), LEASE_KEY, owner, node),
         )
         return self.node.conn.affected_rows() == 1
 
@@ -225,18 +294,23 @@ class Lease:
                 (LEASE_KEY, owner, node),
             )
         except Exception as exc:
-            if mysql_errno(exc) in (ER_BAD_DB, ER_NO_SUCH_TABLE):
+            if mysql_errno(exc) in _MISSING_ERRNOS:
                 return False
             raise
         return self.node.conn.affected_rows() == 1
 
     def record_event(self, node: str, owner: str, event: str, detail: str) -> None:
         """Append to the desync_events table what the watchdog did, for operators to find."""
-        self.node.query(
-            f"INSERT INTO `{self.database}`.`{EVENTS_TABLE}` (at, node, owner, event, detail) "
-            f"VALUES (UTC_TIMESTAMP(6), %s, %s, %s, %s)",
-            (node, owner, event, detail[:65000]),
-        )
+        sql = (f"INSERT INTO `{self.database}`.`{EVENTS_TABLE}` (at, node, owner, event, detail) "
+               f"VALUES (UTC_TIMESTAMP(6), %s, %s, %s, %s)")
+        args = (node, owner, event, detail[:65000])
+        try:
+            self.node.query(sql, args)
+        except Exception as exc:
+            if mysql_errno(exc) not in _MISSING_ERRNOS:
+                raise
+            self.ensure()
+            self.node.query(sql, args)
 
     def remove(self, row: dict) -> bool:
         """Delete exactly this (expired or forced) row of another owner."""
@@ -245,6 +319,14 @@ class Lease:
             (LEASE_KEY, row["owner"], row["node"]),
         )
         return self.node.conn.affected_rows() == 1
+
+
+def same_row(current: dict | None, expected: dict | None) -> bool:
+    """Whether the table still holds ``expected`` (same owner, node and acquisition time)."""
+    if not current or not expected:
+        return False
+    keys = ("owner", "node", "acquired_at")
+    return all(current.get(k) == expected.get(k) for k in keys)
 
 
 def _rollback(conn):

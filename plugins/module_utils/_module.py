@@ -5,20 +5,27 @@
 
 """What every module of the collection does around its own work (private).
 
-Build the argument spec, connect, turn expected failures into ``fail_json`` with a
-message naming the cause and the fix, and always close the connection.
+Build the argument spec, connect when the module talks to a server, turn expected failures
+(``GaleraError``) into ``fail_json`` with the message naming the cause and the fix, and always close
+the connection. Nothing here knows what a module does.
 """
 
 from __future__ import annotations
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _connection, _lease, _wsrep
-from ansible_collections.dbtools.galera.plugins.module_utils._desync import Refused
+from ansible_collections.dbtools.galera.plugins.module_utils import _connection, _wsrep
+from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
+
+# Result keys Ansible reads itself: an error's details never set them (``unreachable`` would
+# turn a failed login into an unreachable host). ``changed`` may be given: a step that changed
+# something before failing says so.
+_RESERVED = frozenset(("msg", "failed", "unreachable", "skipped", "invocation", "ansible_facts", "warnings",
+                       "deprecations", "exception"))
 
 
-def build_module(argument_spec: dict, **kwargs) -> AnsibleModule:
-    spec = _connection.connection_argument_spec()
+def build_module(argument_spec: dict, connection: bool = True, **kwargs) -> AnsibleModule:
+    spec = _connection.connection_argument_spec() if connection else {}
     spec.update(argument_spec)
     return AnsibleModule(argument_spec=spec, **kwargs)
 
@@ -26,30 +33,54 @@ def build_module(argument_spec: dict, **kwargs) -> AnsibleModule:
 def check_non_negative(module, names) -> None:
     bad = [f"{n}={module.params[n]}" for n in names if module.params.get(n) is not None and module.params[n] < 0]
     if bad:
-        module.fail_json(msg="these options must not be negative: " + ", ".join(bad))
+        module.fail_json(msg="these options must not be negative: " + ", ".join(bad) + ". Nothing was changed.")
 
 
-def run(module: AnsibleModule, work) -> None:
-    """Connect, call ``work(node)`` for the result dict, exit or fail with a clear message."""
+def result_details(exc: GaleraError, **extra) -> dict:
+    """The error's details fit for a module result (no key Ansible reserves, none starting with _)."""
+    details = {k: v for k, v in exc.details.items() if k not in _RESERVED and not k.startswith("_")}
+    details.update(extra)
+    return details
+
+
+def fail(module, exc: GaleraError, **extra) -> None:
+    module.fail_json(msg=exc.msg, **result_details(exc, **extra))
+
+
+def run(module: AnsibleModule, work, lazy: bool = False) -> None:
+    """Connect, call ``work(node)`` for the result dict, exit or fail with a clear message.
+
+    With ``lazy``, ``work(session)`` gets the ``_connection.Session`` unopened: a module that waits
+    for a server to come up connects (and reconnects) itself through it. Either way the connection
+    is closed once, whatever happens.
+    """
     _connection.require_pymysql(module)
     check_non_negative(module, [k for k in ("login_port", "connect_timeout") if k in module.params])
+    session = _connection.Session(module.params)
+    node = None
     try:
-        conn = _connection.connect(module.params)
-    except _connection.GaleraConnectionError as exc:
-        module.fail_json(msg=exc.msg, errno=exc.errno)
-    node = _wsrep.Node(conn)
-    try:
-        result = work(node)
-    except (Refused, _lease.LeaseError) as exc:
-        module.fail_json(msg=exc.msg, queries=node.queries)
+        if lazy:
+            result = work(session)
+        else:
+            node = _wsrep.Node(session.connection())
+            result = work(node)
+    except GaleraError as exc:
+        fail(module, exc, **({"queries": node.queries} if node is not None else {}))
     except _connection.pymysql.err.MySQLError as exc:
-        module.fail_json(msg=f"the server refused a query: {exc}. Check the connecting user's privileges "
-                             "(it needs SUPER or an equivalent to set wsrep_desync).",
-                         queries=node.queries, errno=_connection.mysql_errno(exc))
+        errno = _connection.mysql_errno(exc)
+        module.fail_json(msg=f"the server refused a query: {exc}. {_connection.privilege_hint(errno)}",
+                         errno=errno, **({"queries": node.queries} if node is not None else {}))
     finally:
-        try:
-            conn.close()
-        except Exception:
-            pass
-    result.setdefault("queries", node.queries)
+        session.close()
+    if node is not None:
+        result.setdefault("queries", node.queries)
+    module.exit_json(**result)
+
+
+def run_local(module: AnsibleModule, work) -> None:
+    """Call ``work()`` for the result dict of a module that talks to no server; exit or fail."""
+    try:
+        result = work()
+    except GaleraError as exc:
+        fail(module, exc)
     module.exit_json(**result)

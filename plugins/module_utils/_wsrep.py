@@ -12,6 +12,8 @@ without a server; ``Node`` wraps a PyMySQL connection to read the live values.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 
 # wsrep_local_state values (identical on MariaDB, Percona XtraDB Cluster and MySQL-wsrep).
@@ -192,6 +194,37 @@ def client_address(variables: dict) -> str | None:
     else:
         host = address
     return f"{host}:{variables.get('port') or 3306}"
+
+
+def gcache_dir(variables: dict, provider_options: dict) -> str | None:
+    """Where gcache keeps its ring buffer and page files: ``gcache.dir``, else the data directory."""
+    configured = provider_options.get("gcache.dir")
+    if isinstance(configured, str) and configured.strip():
+        return configured.strip()
+    datadir = variables.get("datadir")
+    return str(datadir) if datadir else None
+
+
+def filesystem_space(path: str | None) -> dict | None:
+    """Free (for an unprivileged writer such as mysqld) and total bytes of ``path``'s filesystem."""
+    if not path:
+        return None
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return dict(free_bytes=st.f_bavail * st.f_frsize, total_bytes=st.f_blocks * st.f_frsize)
+
+
+def on_this_host(conn, variables: dict) -> bool:
+    """Whether the server behind ``conn`` runs on this machine, so its paths are ours to statvfs.
+
+    A Unix socket connection is local; else the server's ``hostname`` must be this machine's.
+    """
+    if getattr(conn, "unix_socket", None):
+        return True
+    hostname = str(variables.get("hostname") or "").split(".", maxsplit=1)[0]
+    return bool(hostname) and hostname == socket.gethostname().split(".", maxsplit=1)[0]
 
 
 def desync_refusals(snap: dict, min_cluster_size: int) -> list:

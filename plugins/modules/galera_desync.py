@@ -111,10 +111,15 @@ options:
         and the connection. If the lease expires while the node is still desynced under it (the
         controller died, the job was cancelled), it drains the queue, resyncs the node and releases the
         lease. A normal O(state=synced) releases the lease, which disarms it.
+      - It is started after the lease is taken and before C(wsrep_desync=ON), so no desync of ours ever
+        runs without it. What it needs (C(/run/dbtools-galera), C(/var/log/dbtools-galera)) is checked
+        before anything is changed; when it cannot start, the module fails and changes nothing. A
+        failure after C(wsrep_desync=ON) is rolled back (resync, lease released).
       - It holds the connection options in memory only, never on disk or a command line, and logs to
         syslog, C(/var/log/dbtools-galera/watchdog.log) and the C(desync_events) table of O(lease_database).
       - It runs where the module runs. Run the module on the node (the default local socket); with
-        O(login_host) pointing elsewhere the watchdog depends on the machine the module ran on.
+        O(login_host) pointing elsewhere the watchdog depends on the machine the module ran on, and the
+        free-space guard (O(watchdog_min_free_bytes)) cannot look at the node's disk.
       - Needs O(lease=true).
     type: bool
     default: true
@@ -124,6 +129,7 @@ options:
         watchdog renews the lease, so a long backup keeps its desync without guessing its duration,
         for at most O(watchdog_max_hold) seconds. When it ends, the lease runs out after O(lease_ttl)
         unless resynced before.
+      - Only an unexpired lease is renewed. Once it expired, another owner may be taking it over.
     type: path
   watchdog_max_hold:
     description: Seconds after which the watchdog stops renewing the lease for a live holder process.
@@ -139,17 +145,50 @@ options:
     description:
       - Queue guard. When the receive queue's estimated size (write-sets x average write-set size)
         reaches this fraction of C(gcs.recv_q_hard_limit), past which the server aborts, or available
-        memory falls under 5%, the watchdog stops the holder process, drains and resyncs. V(0) disables it.
+        memory falls under 5% while write-sets are queued, the watchdog stops the holder process,
+        drains and resyncs. V(0) disables the fraction (the memory guard stays).
       - The watchdog does the same when the cluster loses members so that, with this node desynced,
         fewer than O(min_cluster_size) synced members remain.
     type: float
     default: 0.5
+  watchdog_min_free_bytes:
+    description:
+      - Free-space guard. A desynced node keeps every write-set it has not applied in gcache, which
+        spills into C(gcache.page.*) files in C(gcache.dir) (by default the data directory) for as long
+        as the desync lasts; C(gcs.recv_q_hard_limit) is effectively unlimited by default, so the disk
+        is what runs out.
+      - When the free space of C(gcache.dir)'s filesystem falls under the larger of this many bytes and
+        O(watchdog_min_free_fraction) of its size, the watchdog stops the holder process, drains,
+        resyncs and records the event. With the defaults, 5% or 1 GiB, whichever is larger.
+      - Checked before the desync too. A node already under the floor is refused, and nothing is changed.
+      - Only looked at when the module runs on the node (a local socket, or the server's hostname is
+        this machine's). V(0) together with O(watchdog_min_free_fraction=0) disables the guard.
+    type: int
+    default: 1073741824
+  watchdog_min_free_fraction:
+    description:
+      - Free-space guard, see O(watchdog_min_free_bytes). A fraction of the filesystem's size, from
+        V(0) to V(1).
+    type: float
+    default: 0.05
 notes:
   - Set the desync before any global read lock or C(BACKUP STAGE). The server refuses to change
     C(wsrep_desync) while one is held.
   - A C(/*! WSREP_DESYNC */) query comment mentioned in some field notes is a syntax error on
     MariaDB 10.11. This module uses C(wsrep_desync).
   - Load balancers should take a node in C(Donor/Desynced) state out of rotation.
+  - Taking over an expired lease held on another node first replaces the lease row (so no third
+    owner can step in), then connects to that node over TCP at the address the lease records
+    (never through a socket, neither O(login_unix_socket) nor the C(socket) of O(config_file)), checks
+    that it answers with the recorded C(wsrep_node_name), drains and resyncs it. When that fails, the
+    old row is put back and the module fails without desyncing this node. The login options must
+    therefore work over TCP on the other nodes.
+  - Where systemd runs, the watchdog moves itself into its own transient scope
+    (C(dbtools-galera-watchdog-*.scope), through C(busctl)), so systemd-logind's
+    C(KillUserProcesses=yes) does not kill it when the SSH session ends. Without systemd, without
+    C(busctl) or without the right to start a scope (not root), it stays in the session's cgroup and
+    says so in its log; then run the module as root, or enable lingering for the user
+    (C(loginctl enable-linger)), or set C(KillUserProcesses=no).
 seealso:
   - module: dbtools.galera.galera_wait_synced
   - module: dbtools.galera.galera_info
@@ -199,7 +238,9 @@ before:
   sample: {"local_state_comment": "Synced", "desync": false, "desync_count": 0, "recv_queue": 0,
            "cluster_size": 3, "cluster_status": "Primary", "ready": true, "flow_control_sent": 0}
 after:
-  description: The node's wsrep figures after the module ran, in the shape of RV(before).
+  description:
+    - The node's wsrep figures after the module ran, in the shape of RV(before).
+    - In check mode, predicted (C(desync), C(desync_count), C(local_state), C(local_state_comment)).
   returned: success
   type: dict
 recv_queue:
@@ -217,7 +258,9 @@ max_recv_queue_seen:
   returned: when the module drained the queue
   type: int
 lease:
-  description: The cluster-wide lease after the module ran, or null when there is none.
+  description:
+    - The cluster-wide lease after the module ran, or null when there is none.
+    - In check mode, the lease the run would leave; a lease it would take has null times.
   returned: success
   type: dict
   sample: {"node": "galera-node3", "owner": "backup-42", "acquired_at": "2026-11-24 21:00:00",
@@ -243,11 +286,13 @@ flow_control_sent:
   returned: success; null when unknown (no lease, or counters reset)
   type: int
 watchdog:
-  description: The watchdog armed for this desync (its pid, state file and log file), or null.
+  description:
+    - The watchdog armed for this desync (its pid, state file and log file, and whether this run
+      started it or found it running), or null.
   returned: success
   type: dict
   sample: {"pid": 4242, "state_file": "/run/dbtools-galera/watchdog-3f2a9c1d0e4b5a68.json",
-           "log_file": "/var/log/dbtools-galera/watchdog.log"}
+           "log_file": "/var/log/dbtools-galera/watchdog.log", "started": true}
 previous_owner:
   description: The owner of a desync cleared with O(force), or of an expired lease taken over.
   returned: success
@@ -283,18 +328,24 @@ def main():
             watchdog_max_hold=dict(type="int", default=21600),
             watchdog_max_recv_queue=dict(type="int", default=0),
             watchdog_hard_limit_fraction=dict(type="float", default=0.5),
+            watchdog_min_free_bytes=dict(type="int", default=1 << 30),
+            watchdog_min_free_fraction=dict(type="float", default=0.05),
         ),
         supports_check_mode=True,
     )
     check_non_negative(module, ["min_cluster_size", "max_recv_queue", "drain_timeout", "timeout", "watchdog_max_hold",
-                                "watchdog_max_recv_queue", "watchdog_hard_limit_fraction"])
+                                "watchdog_max_recv_queue", "watchdog_hard_limit_fraction", "watchdog_min_free_bytes",
+                                "watchdog_min_free_fraction"])
     p = module.params
     if p["lease_ttl"] < 1:
-        module.fail_json(msg=f"lease_ttl must be at least 1 second, got {p['lease_ttl']}")
+        module.fail_json(msg=f"lease_ttl must be at least 1 second, got {p['lease_ttl']}. Nothing was changed.")
     if p["poll_interval"] <= 0:
-        module.fail_json(msg=f"poll_interval must be positive, got {p['poll_interval']}")
+        module.fail_json(msg=f"poll_interval must be positive, got {p['poll_interval']}. Nothing was changed.")
+    if p["watchdog_min_free_fraction"] > 1:
+        module.fail_json(msg="watchdog_min_free_fraction is a fraction of the filesystem, from 0 to 1, got "
+                             f"{p['watchdog_min_free_fraction']}. Nothing was changed.")
     if not p["owner"].strip() or len(p["owner"]) > 255:
-        module.fail_json(msg="owner must be a non-empty string of at most 255 characters")
+        module.fail_json(msg="owner must be a non-empty string of at most 255 characters. Nothing was changed.")
 
     def work(node):
         desyncer = Desyncer(p, node, module.check_mode, module.warn)

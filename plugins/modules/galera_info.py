@@ -13,6 +13,10 @@ description:
     flow-control counters, the provider and server flavour and version, the gcache size, the
     cluster members, the current desync lease and an estimate of how long gcache holds the
     current write rate (past that, a node that falls behind needs a full SST instead of IST).
+  - Reports where gcache keeps its files (C(gcache.dir), else the data directory), the free and total
+    bytes of that filesystem and how long its free space lasts at the measured write rate. A desynced
+    node keeps every write-set it has not applied there, in C(gcache.page.*) files, for as long as
+    the desync lasts.
   - Read-only; never creates the lease table.
 author:
   - dbtools.galera developers (@dbtools)
@@ -91,6 +95,7 @@ gcache:
   description:
     - C(size_bytes) from C(gcache.size); C(write_bytes_per_second) measured over O(sample_seconds);
       C(window_seconds), how long gcache holds that rate (null when nothing was written).
+    - C(dir), the filesystem's free and total bytes, and how long the free space holds that rate.
   returned: always
   type: dict
   contains:
@@ -106,6 +111,34 @@ gcache:
       description: Seconds of writes at that rate that gcache holds (null when nothing was written).
       type: float
       sample: 5162.2
+    page_size_bytes:
+      description: The size of one overflow page file (C(gcache.page_size)).
+      type: int
+      sample: 134217728
+    dir:
+      description: The directory of gcache's ring buffer and page files, C(gcache.dir), else the data directory.
+      type: str
+      sample: /var/lib/mysql/
+    dir_on_this_host:
+      description:
+        - Whether the module runs on the node (a local socket, or the server's hostname is this machine's),
+          so that the filesystem figures below are the node's. When false they are null.
+      type: bool
+      sample: true
+    dir_free_bytes:
+      description: Bytes free in the filesystem of RV(gcache.dir) (for an unprivileged writer such as mysqld).
+      type: int
+      sample: 81336020992
+    dir_total_bytes:
+      description: Size in bytes of the filesystem of RV(gcache.dir).
+      type: int
+      sample: 270553174016
+    dir_free_seconds:
+      description:
+        - Seconds of writes at RV(gcache.write_bytes_per_second) that the free space of RV(gcache.dir)
+          holds, the most a desync of this node can last before its disk fills (null when unknown).
+      type: float
+      sample: 1564154.2
 lease:
   description: The desync lease, or null when there is none (or no lease table).
   returned: always
@@ -123,6 +156,7 @@ provider_options:
 import time
 
 from ansible_collections.dbtools.galera.plugins.module_utils import _lease, _wsrep
+from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, run
 
 
@@ -147,6 +181,19 @@ def data_bytes(node):
     return int(rows[0][0])
 
 
+def gcache_facts(node, variables, provider, size, rate, window) -> dict:
+    """gcache's size and write window, and the room left on the filesystem its pages spill into."""
+    directory = _wsrep.gcache_dir(variables, provider)
+    local = _wsrep.on_this_host(node.conn, variables)
+    space = _wsrep.filesystem_space(directory) if local else None
+    free = space["free_bytes"] if space else None
+    return dict(size_bytes=size, write_bytes_per_second=rate, window_seconds=window,
+                page_size_bytes=_wsrep.parse_size(provider.get("gcache.page_size")),
+                dir=directory, dir_on_this_host=local, dir_free_bytes=free,
+                dir_total_bytes=space["total_bytes"] if space else None,
+                dir_free_seconds=round(free / rate, 1) if free is not None and rate else None)
+
+
 def main():
     module = build_module(
         dict(
@@ -157,13 +204,13 @@ def main():
     )
     p = module.params
     if p["sample_seconds"] < 0:
-        module.fail_json(msg=f"sample_seconds must not be negative, got {p['sample_seconds']}")
+        module.fail_json(msg=f"sample_seconds must not be negative, got {p['sample_seconds']}. Nothing was changed.")
 
     def work(node):
         status, variables, snap = node.read()
         reason = _wsrep.is_galera(variables, status)
         if reason:
-            module.fail_json(msg=f"{reason}; galera_info needs a Galera node.")
+            raise GaleraError(f"{reason}; galera_info needs a Galera node.")
         provider = _wsrep.parse_provider_options(variables.get("wsrep_provider_options"))
         rate = window = commits_rate = None
         gcache_size = _wsrep.parse_size(provider.get("gcache.size"))
@@ -217,7 +264,7 @@ def main():
                 recv_q_hard_limit=_wsrep.parse_size(provider.get("gcs.recv_q_hard_limit")),
                 default_max_recv_queue=_wsrep.default_max_recv_queue(provider),
             ),
-            gcache=dict(size_bytes=gcache_size, write_bytes_per_second=rate, window_seconds=window),
+            gcache=gcache_facts(node, variables, provider, gcache_size, rate, window),
             lease=_lease.Lease(node, p["lease_database"]).read(),
             status=status,
             provider_options=provider,

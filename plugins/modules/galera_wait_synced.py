@@ -89,8 +89,8 @@ status:
            "cluster_size": 3}
 """
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _connection, _wsrep
-from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, check_non_negative
+from ansible_collections.dbtools.galera.plugins.module_utils import _resync
+from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, check_non_negative, run
 
 
 def main():
@@ -104,56 +104,15 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    check_non_negative(module, ["timeout", "max_recv_queue", "min_cluster_size", "login_port", "connect_timeout"])
+    check_non_negative(module, ["timeout", "max_recv_queue", "min_cluster_size"])
     if p["poll_interval"] <= 0:
         module.fail_json(msg=f"poll_interval must be positive, got {p['poll_interval']}")
-    _connection.require_pymysql(module)
 
-    poller = _wsrep.Poller(p["timeout"], p["poll_interval"])
-    node = None
-    snap = None
-    threshold = p["max_recv_queue"]
-    max_seen = 0
-    unmet = ["the node was never read"]
-    try:
-        for _poll in poller:
-            try:
-                if node is None:
-                    node = _wsrep.Node(_connection.connect(p))
-                status, variables, snap = node.read()
-            except _connection.GaleraConnectionError as exc:
-                if not exc.unreachable:
-                    module.fail_json(msg=exc.msg, errno=exc.errno)
-                unmet = [f"the server is not reachable: {exc.msg}"]
-                continue
-            except _connection.pymysql.err.OperationalError as exc:
-                if _connection.mysql_errno(exc) not in _connection.UNREACHABLE_ERRNOS:
-                    raise
-                node = None
-                unmet = [f"the connection was lost: {exc}"]
-                continue
-            reason = _wsrep.is_galera(variables, status)
-            if reason:
-                module.fail_json(msg=f"{reason}; galera_wait_synced needs a Galera node.", status=snap)
-            if threshold is None:
-                threshold = _wsrep.default_max_recv_queue(
-                    _wsrep.parse_provider_options(variables.get("wsrep_provider_options")))
-            max_seen = max(max_seen, snap.get("recv_queue") or 0)
-            unmet = _wsrep.wait_conditions(snap, threshold, p["min_cluster_size"])
-            if not unmet:
-                break
-    except _connection.pymysql.err.MySQLError as exc:
-        module.fail_json(msg=f"the server refused a status query: {exc}", errno=_connection.mysql_errno(exc))
-    finally:
-        if node is not None:
-            node.conn.close()
+    def work(session):
+        return _resync.wait_until_ready(session, p["timeout"], p["poll_interval"], p["max_recv_queue"],
+                                        p["min_cluster_size"])
 
-    result = dict(changed=False, elapsed=round(poller.elapsed, 3), polls=poller.polls,
-                  max_recv_queue_seen=max_seen, max_recv_queue=threshold, status=snap)
-    if unmet:
-        module.fail_json(msg=f"node not in sync after {result['elapsed']}s ({poller.polls} polls): "
-                             + "; ".join(unmet), **result)
-    module.exit_json(**result)
+    run(module, work, lazy=True)
 
 
 if __name__ == "__main__":

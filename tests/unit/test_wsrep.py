@@ -1,8 +1,17 @@
+# Copyright: contributors to dbtools.galera
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Reading and judging a node's wsrep state, gcache's filesystem, and the wait-for-ready loop."""
+
 from __future__ import annotations
 
-import pytest
+import socket
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _wsrep
+import pytest
+from fake_galera import install, lost, once  # pylint: disable=import-error
+
+from ansible_collections.dbtools.galera.plugins.module_utils import _connection, _resync, _wsrep
+from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
 SYNCED_3 = dict(local_state=4, local_state_comment="Synced", cluster_status="Primary", ready=True,
                 cluster_size=3, recv_queue=0)
@@ -164,3 +173,104 @@ def test_poller_backs_off_from_first_interval_to_interval():
 def test_poller_with_zero_timeout_polls_once():
     clock = FakeClock()
     assert list(_wsrep.Poller(0, 1.0, clock=clock, sleep=clock.sleep)) == [0.0]
+
+
+# -- gcache's directory and its filesystem ---------------------------------------------------------
+
+@pytest.mark.parametrize("variables, provider, expected", [
+    ({"datadir": "/var/lib/mysql/"}, {}, "/var/lib/mysql/"),
+    ({"datadir": "/var/lib/mysql/"}, {"gcache.dir": "/gcache"}, "/gcache"),
+    ({"datadir": "/var/lib/mysql/"}, {"gcache.dir": "  "}, "/var/lib/mysql/"),
+    ({}, {}, None),
+])
+def test_gcache_dir(variables, provider, expected):
+    assert _wsrep.gcache_dir(variables, provider) == expected
+
+
+def test_filesystem_space(tmp_path):
+    space = _wsrep.filesystem_space(str(tmp_path))
+    assert 0 <= space["free_bytes"] <= space["total_bytes"] and space["total_bytes"] > 0
+    assert _wsrep.filesystem_space(str(tmp_path / "absent")) is None
+    assert _wsrep.filesystem_space(None) is None
+
+
+class _Conn:
+    def __init__(self, unix_socket=None):
+        self.unix_socket = unix_socket
+
+
+def test_on_this_host():
+    me = socket.gethostname()
+    assert _wsrep.on_this_host(_Conn("/run/mysqld/mysqld.sock"), {"hostname": "elsewhere"})
+    assert _wsrep.on_this_host(_Conn(), {"hostname": me})
+    assert not _wsrep.on_this_host(_Conn(), {"hostname": "elsewhere-" + me})
+    assert not _wsrep.on_this_host(_Conn(), {})
+
+
+# -- galera_wait_synced's loop against a fake node ---------------------------------------------------
+
+def _params():
+    return dict(login_user=None, login_password=None, login_host="localhost", login_port=3306,
+                login_unix_socket="/run/mysqld/mysqld.sock", config_file=None, ca_cert=None, client_cert=None,
+                client_key=None, check_hostname=None, connect_timeout=5)
+
+
+def _wait(cluster, **kw):
+    args = dict(timeout=10, poll_interval=0.5, max_queue=None, min_cluster_size=3)
+    args.update(kw)
+    return _resync.wait_until_ready(_connection.Session(_params()), args["timeout"], args["poll_interval"],
+                                    args["max_queue"], args["min_cluster_size"], clock=cluster.clock,
+                                    sleep=cluster.clock.sleep)
+
+
+def test_wait_until_ready_at_once(monkeypatch):
+    cluster = install(monkeypatch)
+    out = _wait(cluster)
+    assert out["polls"] == 1 and out["changed"] is False and out["max_recv_queue"] == 8
+    assert out["status"]["local_state_comment"] == "Synced"
+
+
+def test_wait_until_ready_through_an_unreachable_server_and_a_lost_connection(monkeypatch):
+    cluster = install(monkeypatch)
+    node = cluster.node("galera-node3")
+    cluster.local = None                       # the server is not up yet
+    node.queue = 100
+    node.drain_per_second = 20
+    node.fail["SHOW GLOBAL STATUS"] = once(lost())
+
+    def start(seconds):
+        cluster.clock.advance(seconds)
+        cluster.local = node                   # up after the first sleep
+
+    out = _resync.wait_until_ready(_connection.Session(_params()), 30, 0.5, None, 3, clock=cluster.clock, sleep=start)
+    assert out["status"]["recv_queue"] <= 8 and out["max_recv_queue_seen"] > 8
+    assert out["polls"] > 3 and len(cluster.connections) == 2
+
+
+def test_wait_until_ready_timeout_names_every_false_condition(monkeypatch):
+    cluster = install(monkeypatch)
+    node = cluster.node("galera-node3")
+    node.desync = True
+    node.queue = 40
+    node.drain_per_second = 0
+    with pytest.raises(GaleraError) as info:
+        _wait(cluster, timeout=2, min_cluster_size=4)
+    text = info.value.msg
+    assert "node not in sync after 2.0s" in text
+    assert "wsrep_local_state_comment is Donor/Desynced, not Synced" in text
+    assert "wsrep_local_recv_queue is 40, above max_recv_queue=8" in text
+    assert "wsrep_cluster_size is 3, below min_cluster_size=4" in text
+    assert info.value.get("polls") >= 3 and info.value.get("max_recv_queue_seen") == 40
+
+
+def test_wait_until_ready_fails_at_once_on_a_refused_login(monkeypatch):
+    cluster = install(monkeypatch)
+    cluster.local = None
+
+    def deny(**kwargs):
+        raise _connection.pymysql.err.OperationalError(1045, "Access denied for user 'root'@'localhost'")
+
+    monkeypatch.setattr(_connection.pymysql, "connect", deny)
+    with pytest.raises(GaleraError, match="Access denied") as info:
+        _wait(cluster)
+    assert cluster.clock.now == 0 and info.value.get("unreachable") is False

@@ -16,6 +16,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..",
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
 from ansible_collections.dbtools.galera.plugins.module_utils import _lease, _wsrep  # noqa: E402
+from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError  # noqa: E402
 
 
 def test_node_left_synced_and_not_desynced(host):
@@ -62,7 +63,7 @@ def test_simultaneous_acquires_on_two_nodes_let_exactly_one_win(admin_connection
         lease = _lease.Lease(node, "dbtools_galera")
         try:
             outcome[name] = lease.acquire(f"t-cert-{name}", name, None, "dbtools", 60, 0)
-        except _lease.LeaseConflict as exc:
+        except GaleraError as exc:
             outcome[name] = exc
 
     lease0 = _lease.Lease(_wsrep.Node(admin_connections["galera-node1"]), "dbtools_galera")
@@ -74,11 +75,11 @@ def test_simultaneous_acquires_on_two_nodes_let_exactly_one_win(admin_connection
         t.join(60)
     try:
         winners = [n for n, r in outcome.items() if isinstance(r, dict)]
-        losers = [n for n, r in outcome.items() if isinstance(r, _lease.LeaseConflict)]
+        losers = [n for n, r in outcome.items() if isinstance(r, GaleraError) and r.get("conflict")]
         assert len(winners) == 1 and len(losers) == 1, outcome
         loser = outcome[losers[0]]
         assert "at the same moment" in loser.msg
-        assert loser.holder["owner"] == f"t-cert-{winners[0]}"
+        assert loser.get("holder")["owner"] == f"t-cert-{winners[0]}"
     finally:
         for name in admin_connections:
             _lease.Lease(_wsrep.Node(admin_connections[name]), "dbtools_galera").release(f"t-cert-{name}", name)
