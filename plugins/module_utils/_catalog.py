@@ -16,33 +16,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from datetime import datetime, timezone
 
-MANIFEST = "manifest.json"
-FAILED_SUFFIX = ".failed.json"
-PARTIAL_SUFFIXES = (".partial", ".partial.verify")
-# <cluster>_<inventory host>_<YYYYmmddTHHMMSSZ>, cluster and host limited to [A-Za-z0-9_.-].
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+_[0-9]{8}T[0-9]{6}Z$")
+from ansible_collections.dbtools.galera.plugins.module_utils import _manifest
+# Backup ids, names and the manifest check live in _manifest alone.
+from ansible_collections.dbtools.galera.plugins.module_utils._manifest import (
+    FAILED_SUFFIX, MANIFEST, check_manifest, cluster_name, cluster_uuid, is_partial, valid_id)
+
 PHYSICAL_METHODS = ("mariabackup", "xtrabackup")
 CONDITIONS = ("stale", "last_run_failed", "none_found")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ID_TIME = re.compile(r"_([0-9]{8}T[0-9]{6}Z)$")
 
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
-
-def is_partial(name: str) -> bool:
-    """True for in-progress or scratch names (``.partial``, ``.partial.verify``, ``.partial.*``)."""
-    return name.endswith(PARTIAL_SUFFIXES) or ".partial." in name
-
-
-def valid_id(name) -> bool:
-    """True when ``name`` is a backup id that is safe as a directory name of the backup directory."""
-    return isinstance(name, str) and bool(ID_PATTERN.match(name)) and not is_partial(name)
-
 
 def parse_time(text) -> datetime | None:
     """ISO 8601 UTC text ("2026-11-25T03:01:10Z") to an aware datetime; None when absent or invalid."""
@@ -77,8 +65,7 @@ def backup_time(backup: dict) -> datetime:
         moment = parse_time(backup.get(key))
         if moment is not None:
             return moment
-    match = _ID_TIME.search(str(backup.get("id") or ""))
-    return (parse_time(match.group(1)) if match else None) or _EPOCH
+    return _manifest.id_time(backup.get("id")) or _EPOCH
 
 
 def _sort_key(backup: dict):
@@ -89,14 +76,6 @@ def age_seconds(backup: dict, now: datetime | None = None) -> float:
     """Seconds from the backup's finish to ``now`` (default: the current UTC time)."""
     now = now or utc_now()
     return round((now - backup_time(backup)).total_seconds(), 1)
-
-
-def cluster_name(record: dict) -> str | None:
-    """The cluster name of a manifest (``cluster.name``) or of a failed record (``cluster``)."""
-    cluster = record.get("cluster")
-    if isinstance(cluster, dict):
-        cluster = cluster.get("name")
-    return None if cluster is None else str(cluster)
 
 
 def human_bytes(size) -> str:
@@ -195,29 +174,6 @@ def _read_manifest(manifest_path: str, name: str, problems: list) -> dict | None
         problems.append(f"{manifest_path} is not a readable JSON manifest ({exc}): that backup is not counted")
         return None
     return check_manifest(manifest, name, manifest_path, problems)
-
-
-def check_manifest(manifest, name: str, where: str, problems: list) -> dict | None:
-    """The manifest of backup directory ``name`` (read from ``where``, a path or URL) when it counts
-    as a backup: a JSON object of format 1, naming that directory as its id, with result ok. Else None,
-    with the reason appended to ``problems``. Used for local directories and remote stores alike."""
-    if not isinstance(manifest, dict):
-        problems.append(f"{where} is not a JSON object: that backup is not counted (and never deleted)")
-        return None
-    if manifest.get("format", 1) != 1:
-        problems.append(f"{where} has format {manifest.get('format')!r}, this collection reads "
-                        "format 1: that backup is not counted")
-        return None
-    manifest = dict(manifest)
-    manifest.setdefault("id", name)
-    if manifest["id"] != name:
-        problems.append(f"{where} names id {manifest['id']!r}, not its directory {name!r}: "
-                        "that backup is not counted (and never deleted)")
-        return None
-    if manifest.get("result", "ok") != "ok":
-        problems.append(f"{where} has result {manifest.get('result')!r}: that backup is not counted")
-        return None
-    return manifest
 
 
 def parse_manifests(manifests: list, problems: list | None = None) -> list:
@@ -323,10 +279,17 @@ def restorable(backup: dict, by_id: dict) -> bool:
     return _walk(backup, by_id)[0] is not None
 
 
+def cluster_key(record: dict) -> tuple:
+    """(cluster name, cluster state uuid) of a manifest: what retention, restorability and the parent
+    choice group by. Two clusters may share a name (``my_wsrep_cluster`` is MariaDB's default);
+    their state uuids tell them apart."""
+    return (cluster_name(record) or "", cluster_uuid(record) or "")
+
+
 def _by_cluster(backups: list) -> dict:
     groups = {}
     for backup in backups:
-        groups.setdefault(cluster_name(backup) or "", []).append(backup)
+        groups.setdefault(cluster_key(backup), []).append(backup)
     return groups
 
 
@@ -338,7 +301,7 @@ def _sorted_ids(backups) -> list:
 # Retention, newest, parent
 
 def plan_retention(backups: list, keep: int) -> dict:
-    """What retention keeps and removes, per cluster name.
+    """What retention keeps and removes, per cluster (name and state uuid, ``cluster_key``).
 
     The ``keep`` newest restorable backups of each cluster (by ``finished_at``) are kept with every
     ancestor their chain needs; so the newest restorable backup is always kept. Every other
@@ -373,11 +336,12 @@ def plan_retention(backups: list, keep: int) -> dict:
     return dict(keep=_sorted_ids(kept), remove=_sorted_ids(removed), broken=_sorted_ids(broken))
 
 
-def newest_good(backups: list, cluster: str | None = None) -> dict | None:
-    """The newest restorable backup (of ``cluster`` when given), or None."""
+def newest_good(backups: list, cluster: str | None = None, cluster_uuid: str | None = None) -> dict | None:
+    """The newest restorable backup (of cluster name ``cluster`` and, when both are known, cluster
+    state uuid ``cluster_uuid``), or None."""
     best = None
-    for name, members in _by_cluster(parse_manifests(backups)).items():
-        if cluster is not None and name != cluster:
+    for _key, members in _by_cluster(parse_manifests(backups)).items():
+        if cluster is not None and not _manifest.same_cluster(members[0], cluster, cluster_uuid):
             continue
         by_id = {b["id"]: b for b in members}
         for backup in members:
@@ -386,30 +350,48 @@ def newest_good(backups: list, cluster: str | None = None) -> dict | None:
     return best
 
 
+def key_id_matcher(key_id: str | None):
+    """A ``key_matches`` for ``choose_parent`` that compares plain key ids (``encryption.key_id``):
+    None matches only unencrypted backups."""
+    def matches(encryption) -> bool:
+        theirs = encryption.get("key_id") if isinstance(encryption, dict) else None
+        return theirs == key_id if key_id else not theirs
+    return matches
+
+
+def _not_encrypted(encryption) -> bool:
+    return not encryption
+
+
 def choose_parent(backups: list, cluster: str, wsrep_node_name: str, method: str, max_chain: int,
-                  key_id: str | None = None):
+                  key_matches=None, cluster_uuid: str | None = None):
     """The backup an incremental backup should build on, as ``(parent or None, reason)``.
 
-    Candidates are the restorable backups of ``cluster`` taken on the node ``wsrep_node_name`` (LSNs
-    are per node) with the same physical ``method``. The newest candidate is the parent when it has a
-    ``position.to_lsn``, its chain has fewer than ``max_chain`` backups and it is encrypted with the
-    key of id ``key_id`` (None: not encrypted; a chain has one key); otherwise there is no parent (a
-    full backup starts a new chain: building on an older candidate would fork the chain). ``reason``
-    says why, in either case.
+    Candidates are the restorable backups of ``cluster`` (and, when known, of the cluster state uuid
+    ``cluster_uuid``; restorable within their own (name, uuid) group) taken on the node
+    ``wsrep_node_name`` (LSNs are per node) with the same physical ``method``. The newest candidate is
+    the parent when it has a ``position.to_lsn``, its chain has fewer than ``max_chain`` backups and
+    ``key_matches(its encryption record or None)`` is true (a chain has one key; the default matches
+    only unencrypted backups); otherwise there is no parent (a full backup starts a new chain:
+    building on an older candidate would fork the chain). ``reason`` says why, in either case.
     """
     if method not in PHYSICAL_METHODS:
         return None, f"{method} takes no incremental backups (only {' and '.join(PHYSICAL_METHODS)} do)"
     if not isinstance(max_chain, int) or max_chain < 2:
         return None, f"max_chain is {max_chain}: every backup is a full backup"
-    members = [b for b in parse_manifests(backups) if cluster_name(b) == cluster]
-    by_id = {b["id"]: b for b in members}
-    candidates = [b for b in members
-                  if b.get("wsrep_node_name") == wsrep_node_name and b.get("method") == method
-                  and restorable(b, by_id)]
+    key_matches = key_matches or _not_encrypted
+    candidates = []
+    for members in _by_cluster(parse_manifests(backups)).values():
+        if not _manifest.same_cluster(members[0], cluster, cluster_uuid):
+            continue
+        by_id = {b["id"]: b for b in members}
+        candidates.extend((b, by_id) for b in members
+                          if b.get("wsrep_node_name") == wsrep_node_name and b.get("method") == method
+                          and restorable(b, by_id))
     if not candidates:
         return None, (f"no restorable {method} backup of cluster {cluster} taken on node {wsrep_node_name}: "
                       "a full backup starts the chain")
-    newest = max(candidates, key=_sort_key)
+    newest, by_id = max(candidates, key=lambda pair: _sort_key(pair[0]))
     position = newest.get("position") if isinstance(newest.get("position"), dict) else {}
     if position.get("to_lsn") is None:
         return None, f"the newest candidate {newest['id']} has no position.to_lsn: a full backup starts a new chain"
@@ -417,12 +399,11 @@ def choose_parent(backups: list, cluster: str, wsrep_node_name: str, method: str
     if length >= max_chain:
         return None, (f"the chain of the newest candidate {newest['id']} has {length} backups, max_chain is "
                       f"{max_chain}: a full backup starts a new chain")
-    encryption = newest.get("encryption") if isinstance(newest.get("encryption"), dict) else {}
-    if encryption.get("key_id") != key_id:
-        theirs = f"encrypted with key id {encryption['key_id']}" if encryption.get("key_id") else "not encrypted"
-        ours = f"uses key id {key_id}" if key_id else "does not encrypt"
-        return None, (f"the newest candidate {newest['id']} is {theirs}, this backup {ours}: a chain has one key, "
-                      "a full backup starts a new chain")
+    encryption = newest.get("encryption") if isinstance(newest.get("encryption"), dict) else None
+    if not key_matches(encryption or None):
+        theirs = (f"encrypted with key id {encryption.get('key_id')}" if encryption else "not encrypted")
+        return None, (f"the newest candidate {newest['id']} is {theirs}, and this backup's key does not match it "
+                      "(a chain has one key, or none): a full backup starts a new chain")
     return newest, (f"incremental on {newest['id']} (to_lsn {position['to_lsn']}), backup {length + 1} of at "
                     f"most {max_chain} in its chain")
 

@@ -10,7 +10,8 @@ short_description: Copy a backup off the host, verify it at the destination, app
 version_added: 0.2.0
 description:
   - Copies one backup directory written by the P(dbtools.galera.galera_backup#role) role (its files,
-    C(SHA256SUMS) and C(manifest.json)) to another host over SSH or to an S3-compatible bucket, then
+    C(SHA256SUMS) and C(manifest.json)) to another host over SSH, to an S3-compatible bucket or to another
+    directory of this host (a mounted disk), then
     checks every file AT the destination against C(SHA256SUMS), and checks that the destination's
     C(SHA256SUMS) is the one the manifest names (its sha256 is the manifest's C(sha256)).
   - Runs on the host that holds the backup. The local backup is only read, never changed or deleted,
@@ -19,6 +20,8 @@ description:
     there with C(sha256sum -c SHA256SUMS), then renames the directory to C(<path>/<id>) in one atomic
     C(mv -T). A directory ending C(.partial) is never a backup; an interrupted copy resumes where it
     stopped on the next run.
+  - A local directory (O(dest.type=local)) is written like an SSH destination, C(<path>/<id>.partial/)
+    renamed to C(<path>/<id>) once verified.
   - S3 (O(dest.type=s3)) uploads every file to C(<prefix><id>/<file>) (multipart for big files), streams
     each object back to hash it, and uploads C(manifest.json) last, once the data is verified. A backup
     without C(manifest.json) at the destination does not count (it is an upload in progress or an
@@ -31,10 +34,12 @@ description:
     RV(repaired), with a warning.
   - Refuses, changing nothing, when the destination holds a different backup under the same id (its
     manifest names another C(sha256)).
+  - While a copy is unfinished it carries a run record C(.run.json) (cluster name and state uuid, backup
+    id, host, process, start time), written first and removed when the copy is complete.
   - With O(keep), applies retention at the destination once the copy is verified, to the backups of the
     same cluster found there, chain-aware (an incremental backup is kept with every backup its chain
-    needs, up to the full backup). Leftovers of interrupted copies of the same cluster (SSH C(.partial)
-    directories, S3 prefixes without C(manifest.json)) are deleted too.
+    needs, up to the full backup). Only what provably belongs to the cluster is ever deleted, see
+    O(keep) and O(partial_margin).
 author:
   - dbtools.galera developers (@dbtools)
 extends_documentation_fragment:
@@ -63,10 +68,12 @@ options:
     required: true
     suboptions:
       type:
-        description: V(ssh) for a directory on another host (rsync over ssh), V(s3) for an S3-compatible bucket.
+        description:
+          - V(ssh) for a directory on another host (rsync over ssh), V(s3) for an S3-compatible bucket,
+            V(local) for a directory on this host (for example a mounted network or USB disk).
         type: str
         required: true
-        choices: [ssh, s3]
+        choices: [ssh, s3, local]
       host:
         description: With V(ssh), the destination host (name or address). Required with V(ssh).
         type: str
@@ -82,6 +89,8 @@ options:
         description:
           - With V(ssh), the remote directory that holds the backups (created when missing), absolute or
             relative to the user's login directory (no C(~) expansion). Required with V(ssh).
+          - With V(local), the directory on this host that holds the backups (created when missing).
+            Required with V(local).
           - The backup lands in C(<path>/<id>).
         type: str
       identity_file:
@@ -149,10 +158,31 @@ options:
         backup's cluster found there are kept, with every backup their chains need; the other backups of
         that cluster are deleted there. The newest restorable backup is always kept, and so is the backup
         this run copied.
-      - Backups of other clusters at the destination are never touched. Backups whose manifest cannot be
-        read there are reported in RV(problems) and never deleted.
+      - A backup there is the cluster's only when its name is a backup id of the cluster and its
+        C(manifest.json) names the same cluster name and the same cluster state uuid (see O(cluster_uuid)).
+        Anything else at the destination (other clusters, other files and prefixes such as C(prod_logs/))
+        is never touched. Backups that look like the cluster's but cannot be proven to be (an unreadable
+        manifest, another state uuid) are reported in RV(problems) and never deleted.
+      - Unfinished copies of the cluster there (SSH and local C(<id>.partial) directories, S3 prefixes without
+        C(manifest.json)) are deleted only when their run record C(.run.json) names this cluster and backup
+        and is older than O(partial_margin), or was written on this host by a process that has ended. One
+        without a valid run record is reported and never deleted; one whose process still runs is left alone
+        (RV(in_flight)).
       - Default, no retention at the destination.
     type: int
+  cluster_uuid:
+    description:
+      - The cluster state uuid (C(wsrep_cluster_state_uuid)) whose backups retention may delete at the
+        destination; backups of the same cluster name with another state uuid are kept and reported.
+      - Default, the state uuid the copied backup's manifest records. When given, it must be that one.
+    type: str
+  partial_margin:
+    description:
+      - Age in seconds past which an unfinished copy of the cluster (by its run record's start time) counts
+        as abandoned and retention deletes it, whoever wrote it. Keep it above the longest copy or backup
+        (the role's C(galera_backup_max_duration), 6 hours by default, plus a margin).
+    type: int
+    default: 22200
   name:
     description: A label for the destination, used in messages and returned in RV(dest).
     type: str
@@ -162,10 +192,8 @@ notes:
   - The SSH destination needs C(rsync), C(sha256sum) and a POSIX C(sh) (coreutils); this host needs
     C(ssh) and C(rsync). S3 needs the C(boto3) Python library on this host.
   - Verification reads the whole copy at the destination, on every run (also when nothing is copied).
-  - Leftovers of interrupted copies are recognised as belonging to the backup's cluster by their
-    C(manifest.json) or, without one, by their name (C(<cluster>_...), the way backup ids are made).
-    Retention deletes them, so do not run two copies of the same cluster to the same destination at
-    the same time.
+  - Names alone never prove whose a backup is (cluster names may contain C(_)); the manifest or the run
+    record inside decides.
 seealso:
   - module: dbtools.galera.galera_backup_info
   - module: dbtools.galera.galera_backup_prune
@@ -260,12 +288,19 @@ removed:
   elements: str
   sample: ["dbtools_galera-node3_20261118T030000Z"]
 removed_partial:
-  description: Leftovers of interrupted copies of the same cluster deleted at the destination (directory
-    names for SSH, id prefixes for S3).
+  description: Abandoned unfinished copies of the same cluster deleted at the destination (directory
+    names for SSH and local, id prefixes for S3).
   returned: always
   type: list
   elements: str
   sample: ["dbtools_galera-node3_20261124T030000Z.partial"]
+in_flight:
+  description: Unfinished copies of the same cluster at the destination that retention left alone (their
+    run is alive, or younger than O(partial_margin)).
+  returned: always
+  type: list
+  elements: str
+  sample: []
 kept:
   description: The backup ids of the cluster kept at the destination by retention (empty without O(keep)).
   returned: always
@@ -279,16 +314,16 @@ excluded:
   elements: str
   sample: []
 problems:
-  description: What retention found at the destination and left alone (unreadable manifests, ...).
+  description: What retention found at the destination and left alone because it looks like the cluster's
+    but cannot be proven to be (unreadable manifests, another state uuid, an unfinished copy without a
+    run record, ...).
   returned: always
   type: list
   elements: str
   sample: []
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.dbtools.galera.plugins.module_utils import _copy
+from ansible_collections.dbtools.galera.plugins.module_utils import _copy, _module, _retention
 
 
 def argument_spec():
@@ -297,7 +332,7 @@ def argument_spec():
         dest=dict(
             type="dict", required=True,
             options=dict(
-                type=dict(type="str", required=True, choices=["ssh", "s3"]),
+                type=dict(type="str", required=True, choices=list(_copy.KINDS)),
                 host=dict(type="str"),
                 port=dict(type="int", default=22),
                 user=dict(type="str", default="root"),
@@ -316,15 +351,17 @@ def argument_spec():
                 validate_certs=dict(type="bool", default=True),
                 ca_bundle=dict(type="path"),
             ),
-            required_if=[("type", "ssh", ("host", "path")), ("type", "s3", ("bucket",))],
+            required_if=[("type", "ssh", ("host", "path")), ("type", "s3", ("bucket",)), ("type", "local", ("path",))],
         ),
         keep=dict(type="int"),
         name=dict(type="str"),
+        cluster_uuid=dict(type="str"),
+        partial_margin=dict(type="int", default=_retention.DEFAULT_MARGIN),
     )
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = _module.build_module(argument_spec(), connection=False, supports_check_mode=True)
     _copy.run(module)
 
 

@@ -321,7 +321,8 @@ def main():
     if p["parent_for"] is not None:
         want = p["parent_for"]
         parent, reason = _catalog.choose_parent(backups, p["cluster"], want["wsrep_node_name"], want["method"],
-                                                want["max_incrementals"] + 1, key_id=want["key_id"])
+                                                want["max_incrementals"] + 1,
+                                                key_matches=_catalog.key_id_matcher(want["key_id"]))
         result.update(parent=next((s for s in summaries if parent and s["id"] == parent["id"]), None),
                       parent_reason=reason)
     if result["failing"]:

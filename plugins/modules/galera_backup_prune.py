@@ -18,9 +18,18 @@ description:
     It is removed when it is older than the oldest kept backup, kept and reported otherwise.
   - Also removes the cluster's failed-run records C(<id>.failed.json) that are older than the oldest
     kept backup; the newest failed record of the cluster is always kept.
-  - Directories ending C(.partial) or C(.partial.verify) (backups in progress), directories without
-    a valid C(manifest.json) and the backups of other clusters are never touched. Only direct
-    children of O(path) whose names are backup ids are ever deleted.
+  - Only what provably is the cluster's is deleted. A backup, when its name is a backup id of the
+    cluster and its C(manifest.json) names the same cluster name and, when both are known, the same
+    cluster state uuid (O(cluster_uuid)); retention counts the backups of each state uuid apart, so two
+    clusters that share a name (C(my_wsrep_cluster) is MariaDB's default) never prune each other.
+  - An unfinished backup (C(<id>.partial), C(<id>.partial.verify)) is deleted only when its run record
+    C(.run.json) names the cluster and that backup and is older than O(partial_margin), or was written
+    on this host by a process that has ended. One without a valid run record, or whose process still
+    runs, is left alone.
+  - A failed-run record is deleted only when its name is an id of the cluster and it names the cluster.
+  - Directories without a valid C(manifest.json), other files and the backups of other clusters are
+    never touched; those that look like the cluster's are reported in RV(problems). Only direct
+    children of O(path) are ever deleted.
 author:
   - dbtools.galera developers (@dbtools)
 extends_documentation_fragment:
@@ -31,7 +40,7 @@ attributes:
     details: Reports what would be removed and removes nothing.
   diff_mode:
     support: full
-    details: Before and after lists of the cluster's backup ids and failed-run records.
+    details: Before and after lists of the cluster's backup ids, unfinished backups and failed-run records.
   platform:
     platforms: posix
 options:
@@ -47,6 +56,19 @@ options:
     description: How many restorable backups to keep, newest first, at least V(1).
     type: int
     required: true
+  cluster_uuid:
+    description:
+      - The cluster state uuid (C(wsrep_cluster_state_uuid)) whose backups may be deleted. Backups of the
+        same cluster name with another state uuid are kept and reported in RV(problems).
+      - Default, every state uuid of the cluster name, each pruned apart (O(keep) of each).
+    type: str
+  partial_margin:
+    description:
+      - Age in seconds past which an unfinished backup of the cluster (by its run record's start time) counts
+        as abandoned and is deleted, whoever wrote it. Keep it above the longest backup run (the role's
+        C(galera_backup_max_duration), 6 hours by default, plus a margin).
+    type: int
+    default: 22200
 notes:
   - A backup is removed by deleting its C(manifest.json) first, so a removal cut short leaves a
     directory that no longer counts as a backup rather than a damaged backup that does.
@@ -94,6 +116,18 @@ kept:
   type: list
   elements: str
   sample: ["dbtools_galera-node3_20261124T030000Z", "dbtools_galera-node3_20261125T030000Z"]
+removed_partial:
+  description: The unfinished backups of the cluster removed as abandoned (in check mode, that would be removed).
+  returned: always
+  type: list
+  elements: str
+  sample: ["dbtools_galera-node3_20261124T030000Z-0a1b2c3d.partial"]
+in_flight:
+  description: Unfinished backups of the cluster left alone (their run is alive, or younger than O(partial_margin)).
+  returned: always
+  type: list
+  elements: str
+  sample: []
 broken:
   description: The ids of the cluster's backups that cannot be restored (a backup of their chain is missing).
   returned: always
@@ -101,121 +135,43 @@ broken:
   elements: str
   sample: []
 problems:
-  description: Unreadable or invalid manifests and records, and paths that were not deleted because
-    they did not look like backups of this directory.
+  description: What looks like the cluster's but cannot be proven to be, and was left alone (unreadable
+    or invalid manifests and records, another state uuid, an unfinished backup without a run record).
   returned: always
   type: list
   elements: str
   sample: []
 """
 
-import os
-import shutil
-
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.dbtools.galera.plugins.module_utils import _catalog
-
-
-def safe_child(base, found, name):
-    """True when ``found`` is the real, direct child ``name`` of ``base`` (never trust a manifest's id)."""
-    return (os.path.basename(found) == name and not os.path.islink(found)
-            and os.path.realpath(os.path.dirname(found)) == os.path.realpath(base))
-
-
-def plan_failures(failures, keep_backups):
-    """The failed records to remove: older than the oldest kept backup, never the newest record."""
-    if not failures or not keep_backups:
-        return []
-    oldest_kept = min(_catalog.backup_time(b) for b in keep_backups)
-    ordered = sorted(failures, key=lambda f: (_catalog.parse_time(f.get("failed_at")) or _catalog.backup_time(f),
-                                              str(f.get("id"))))
-    return [f for f in ordered[:-1]
-            if (_catalog.parse_time(f.get("failed_at")) or _catalog.backup_time(f)) < oldest_kept]
+from ansible_collections.dbtools.galera.plugins.module_utils import _module, _retention
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
+    module = _module.build_module(
+        dict(
             path=dict(type="path", required=True),
             cluster=dict(type="str", required=True),
             keep=dict(type="int", required=True),
+            cluster_uuid=dict(type="str"),
+            partial_margin=dict(type="int", default=_retention.DEFAULT_MARGIN),
         ),
+        connection=False,
         supports_check_mode=True,
     )
     p = module.params
-    base = p["path"]
     if p["keep"] < 1:
         module.fail_json(msg=f"keep must be at least 1, got {p['keep']}: retention always keeps the newest "
                              "restorable backup. Nothing was deleted.")
+    if p["partial_margin"] < 0:
+        module.fail_json(msg=f"partial_margin must not be negative, got {p['partial_margin']}. Nothing was deleted.")
 
-    found = _catalog.read_dir(base)
-    problems = list(found["problems"])
-    if not found["exists"]:
-        module.warn(f"{base} does not exist: there is nothing to prune. Nothing was deleted.")
-    backups = [b for b in found["backups"] if _catalog.cluster_name(b) == p["cluster"]]
-    failures = [f for f in found["failures"] if _catalog.cluster_name(f) == p["cluster"]]
-    by_id = {b["id"]: b for b in backups}
-    plan = _catalog.plan_retention(backups, p["keep"])
-
-    remove = []
-    for backup_id in plan["remove"]:
-        backup = by_id[backup_id]
-        folder = backup.get("path") or ""
-        name = os.path.basename(folder)
-        if _catalog.valid_id(name) and name == backup_id and safe_child(base, folder, name) and os.path.isdir(folder):
-            remove.append(backup)
-        else:
-            problems.append(f"{folder} was not deleted: it is not a backup directory directly under {base}")
-    remove.sort(key=lambda b: (_catalog.backup_time(b), b["id"]), reverse=True)  # incrementals before their parents
-
-    remove_failures = []
-    for record in plan_failures(failures, [by_id[i] for i in plan["keep"] if i not in plan["broken"]]):
-        record_path = record.get("path") or ""
-        name = os.path.basename(record_path)
-        if (name.endswith(_catalog.FAILED_SUFFIX) and _catalog.valid_id(name[: -len(_catalog.FAILED_SUFFIX)])
-                and safe_child(base, record_path, name) and os.path.isfile(record_path)):
-            remove_failures.append(record)
-        else:
-            problems.append(f"{record_path} was not deleted: it is not a failed-run record directly under {base}")
-
-    removed_ids = [b["id"] for b in remove]
-    removed_failure_ids = [f["id"] for f in remove_failures]
-    kept = list(plan["keep"])
-    result = dict(changed=bool(remove or remove_failures), removed=removed_ids, removed_failures=removed_failure_ids,
-                  kept=kept, broken=plan["broken"], problems=problems)
-    if module._diff:
-        before = sorted([b["id"] for b in backups] + [f["id"] + _catalog.FAILED_SUFFIX for f in failures])
-        gone = set(removed_ids) | {i + _catalog.FAILED_SUFFIX for i in removed_failure_ids}
-        result["diff"] = dict(before_header=f"{base} ({p['cluster']})", after_header=f"{base} ({p['cluster']})",
-                              before="".join(i + "\n" for i in before),
-                              after="".join(i + "\n" for i in before if i not in gone))
-    if module.check_mode:
-        module.exit_json(**result)
-
-    done, done_failures = [], []
-    for backup in remove:
-        folder = backup["path"]
-        try:
-            manifest = os.path.join(folder, _catalog.MANIFEST)
-            if os.path.lexists(manifest):
-                os.remove(manifest)
-            shutil.rmtree(folder)
-        except OSError as exc:
-            result.update(removed=done, removed_failures=done_failures, changed=bool(done))
-            module.fail_json(msg=f"cannot delete {folder}: {exc.strerror or exc}. Removed before it: "
-                                 f"{', '.join(done) or 'nothing'}; nothing after it was deleted. Check the "
-                                 "permissions of the backup directory.", **result)
-        done.append(backup["id"])
-    for record in remove_failures:
-        try:
-            os.remove(record["path"])
-        except OSError as exc:
-            result.update(removed=done, removed_failures=done_failures, changed=bool(done or done_failures))
-            module.fail_json(msg=f"cannot delete {record['path']}: {exc.strerror or exc}. The backups were "
-                                 "pruned; failed-run records after it were not deleted.", **result)
-        done_failures.append(record["id"])
-    module.exit_json(**result)
+    def work():
+        result = _retention.prune(p["path"], p["cluster"], p["keep"], module.check_mode, state_uuid=p["cluster_uuid"],
+                                  margin=p["partial_margin"], diff=module._diff)
+        if not result.pop("exists"):
+            module.warn(f"{p['path']} does not exist: there is nothing to prune. Nothing was deleted.")
+        return result
+    _module.run_local(module, work)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ damaged files again, verifies everything again and reports ``changed`` with the 
 
 from __future__ import annotations
 
+import json
+import shlex
+from datetime import datetime, timedelta, timezone
+
 import pytest
 
 # The lab's fixed names (tests/integration/conftest.py).
@@ -19,6 +23,7 @@ BACKUP_DIR = "/var/backups/galera"
 CLUSTER = "copytest"
 NODE_KNOWN_HOSTS = "/root/.ssh/store_known_hosts"
 BIG = "copytest_node1_20261125T030000Z"
+UUID = "0a9b96b8-e84e-11f1-8837-e61f78bb5eef"  # the state uuid conftest's make_backup records
 
 
 def ts(day: int, hour: int = 3) -> str:
@@ -112,7 +117,8 @@ def test_check_mode_changes_nothing(lab):
 @pytest.mark.parametrize("kind", ["ssh", "s3"])
 def test_retention_keeps_whole_chains(lab, kind):
     """keep=1 keeps the newest restorable backup with its whole chain (full + incrementals),
-    removes the older full backup and this cluster's stale leftovers, and leaves other clusters."""
+    removes the older full backup, and leaves other clusters and leftovers that carry no run record
+    (reported: nothing proves whose they are)."""
     old_full, full, inc1, inc2 = bid(10, host="r" + kind), bid(11, host="r" + kind), bid(12, host="r" + kind), \
         bid(13, host="r" + kind)
     other = bid(9, cluster="othercluster", host="r" + kind)
@@ -148,14 +154,16 @@ def test_retention_keeps_whole_chains(lab, kind):
     planned, _out = lab.copy(inc2, dest, keep=1, check_mode=True)
     assert not planned.get("failed"), planned.get("msg")
     assert planned["removed"] == [old_full]
-    assert planned["removed_partial"] == [stale_ours + (".partial" if kind == "ssh" else "")]
+    assert planned["removed_partial"] == []
     assert present() == everything
 
     result, _out = lab.copy(inc2, dest, keep=1)
     assert not result.get("failed"), result.get("msg")
-    assert result["removed"] == [old_full]
+    assert result["removed"] == [old_full] and result["removed_partial"] == []
     assert sorted(result["kept"]) == sorted([full, inc1, inc2])
-    assert present() == {full, inc1, inc2, other, stale_other + ".partial"}
+    assert present() == {full, inc1, inc2, other, stale_ours + ".partial", stale_other + ".partial"}
+    assert [p for p in result["problems"] if stale_ours in p and "no valid run record" in p]
+    assert not [p for p in result["problems"] if "othercluster" in p]
 
 
 @pytest.mark.parametrize("kind", ["ssh", "s3"])
@@ -246,3 +254,84 @@ def test_refused_login_and_incomplete_source(lab):
     assert result.get("failed") is True
     assert "has no manifest.json" in result["msg"] and "Nothing was copied" in result["msg"], result["msg"]
     assert not [d for d in store_dirs(lab) if d.startswith(backup)]
+
+
+def run_record(backup_id: str, started_at: str, cluster: str = CLUSTER, host: str = "elsewhere",
+               process: dict | None = None) -> bytes:
+    """A run record as the collection writes it (plugins/module_utils/_manifest.py run_record)."""
+    return json.dumps({"format": 1, "kind": "dbtools.galera run", "what": "copy", "run_id": "0a1b2c3d",
+                       "backup": backup_id, "cluster": {"name": cluster, "state_uuid": UUID}, "owner": None,
+                       "host": host, "process": process or {"pid": 4194304, "boot_id": None, "start_ticks": 1},
+                       "started_at": started_at}).encode()
+
+
+@pytest.mark.parametrize("kind", ["ssh", "s3"])
+def test_retention_leaves_foreign_objects_and_removes_only_proven_leftovers(lab, kind):
+    """The security review's finding: a store shared with other things. Everything whose name merely
+    starts with '<cluster>_' (logs, binlogs, another cluster's copy in flight) survives retention; an
+    unfinished copy of ours goes only when its run record proves it abandoned (older than the margin,
+    or its process dead on this very host)."""
+    now = datetime.now(timezone.utc)
+    iso = "%Y-%m-%dT%H:%M:%SZ"
+    mine = bid(14, host="fkeep" + kind)
+    lab.make_backup(mine, ts(14))
+    east = f"{CLUSTER}_east_db1_{now.strftime('%Y%m%dT%H%M%SZ')}-0123abcd"       # cluster copytest_east, in flight
+    abandoned = f"{CLUSTER}_crashed_{(now - timedelta(days=2)).strftime('%Y%m%dT%H%M%SZ')}-0a1b2c3d"
+    dead_here = f"{CLUSTER}_died_{(now - timedelta(minutes=5)).strftime('%Y%m%dT%H%M%SZ')}-0a1b2c3d"
+    young = f"{CLUSTER}_young_{(now - timedelta(minutes=5)).strftime('%Y%m%dT%H%M%SZ')}-0a1b2c3d"
+    boot_id = lab.node("cat /proc/sys/kernel/random/boot_id").stdout.strip()
+    dead_process = {"pid": 4194304, "boot_id": boot_id, "start_ticks": 1}    # above pid_max: never alive
+    node_host = lab.node("hostname").stdout.strip()
+    suffix = ".partial" if kind == "ssh" else ""
+    plants = {
+        f"{CLUSTER}_logs": {"mysqld.log": b"log lines"},
+        f"{CLUSTER}_binlogs": {"x": b"binlog"},
+        east + suffix: {"backup.xbstream.zst": b"half",
+                        ".run.json": run_record(east, now.strftime(iso), cluster=f"{CLUSTER}_east")},
+        abandoned + suffix: {"backup.xbstream.zst": b"half",
+                             ".run.json": run_record(abandoned, (now - timedelta(days=2)).strftime(iso))},
+        dead_here + suffix: {"backup.xbstream.zst": b"half",
+                             ".run.json": run_record(dead_here, (now - timedelta(minutes=5)).strftime(iso),
+                                                     host=node_host, process=dead_process)},
+        young + suffix: {"backup.xbstream.zst": b"half",
+                         ".run.json": run_record(young, (now - timedelta(minutes=5)).strftime(iso))},
+    }
+    if kind == "ssh":
+        path = "/srv/foreign-ssh"
+        dest = lab.ssh_dest(path=path)
+        for name, files in plants.items():
+            for rel, body in files.items():
+                lab.store(f"mkdir -p {path}/{name} && printf %s {shlex.quote(body.decode())} > {path}/{name}/{rel}")
+
+        def snapshot():
+            return {name: store_sums(lab, f"{path}/{name}") for name in store_dirs_at(lab, path)}
+    else:
+        prefix = "galera-foreign/"
+        dest = lab.s3_dest(prefix=prefix)
+        client = lab.s3_client()
+        for name, files in plants.items():
+            for rel, body in files.items():
+                client.put_object(Bucket=lab.s3["bucket"], Key=f"{prefix}{name}/{rel}", Body=body)
+
+        def snapshot():
+            out = {}
+            for key, digest in lab.s3_objects(prefix).items():
+                name, _sep, rel = key[len(prefix):].partition("/")
+                out.setdefault(name, {})[rel] = digest
+            return out
+    before = snapshot()
+    assert set(before) == set(plants)
+
+    result, _out = lab.copy(mine, dest, keep=1)
+    assert not result.get("failed"), result.get("msg")
+    assert sorted(result["removed_partial"]) == sorted([abandoned + suffix, dead_here + suffix])
+    assert result["in_flight"] == [young + suffix]
+    after = snapshot()
+    for name in (f"{CLUSTER}_logs", f"{CLUSTER}_binlogs", east + suffix, young + suffix):
+        assert after[name] == before[name], name
+    assert abandoned + suffix not in after and dead_here + suffix not in after
+    assert mine in after
+
+
+def store_dirs_at(lab, path: str) -> list:
+    return sorted(lab.store(f"ls -1 {path}", check=False).stdout.split())

@@ -245,6 +245,30 @@ def test_retention_is_per_cluster():
     assert set(plan["remove"]) == {a_old["id"], b_old["id"]}
 
 
+def test_retention_groups_by_cluster_name_and_state_uuid():
+    a_old, a_new = manifest(50, cluster="my_wsrep_cluster"), manifest(10, cluster="my_wsrep_cluster")
+    b_old = manifest(49, cluster="my_wsrep_cluster", host="galera-node1")
+    b_new = manifest(48, cluster="my_wsrep_cluster", host="galera-node1")
+    for m in (b_old, b_new):
+        m["cluster"] = dict(m["cluster"], state_uuid="uuid-twin")
+        m["position"] = dict(m["position"], cluster_uuid="uuid-twin")
+    plan = _catalog.plan_retention([a_old, a_new, b_old, b_new], keep=1)
+    assert set(plan["keep"]) == {a_new["id"], b_new["id"]}
+    assert set(plan["remove"]) == {a_old["id"], b_old["id"]}
+    assert _catalog.newest_good([a_old, a_new, b_old, b_new], "my_wsrep_cluster", cluster_uuid="uuid-twin")["id"] == b_new["id"]
+
+
+@pytest.mark.parametrize("backup_id", ["dbtools_galera-node3_20261125T030000Z",
+                                       "dbtools_galera-node3_20261125T030000Z-0a1b2c3d"])
+def test_old_and_new_ids_are_read_and_dated(tmp_path, backup_id):
+    m = manifest(1, id=backup_id)
+    del m["finished_at"], m["started_at"]
+    write(tmp_path, m)
+    found = _catalog.read_dir(str(tmp_path))
+    assert [b["id"] for b in found["backups"]] == [backup_id]
+    assert _catalog.format_time(_catalog.backup_time(found["backups"][0])) == "2026-11-25T03:00:00Z"
+
+
 def test_retention_rejects_keep_below_one():
     with pytest.raises(ValueError):
         _catalog.plan_retention([manifest(1)], keep=0)
@@ -302,21 +326,49 @@ def test_choose_parent_says_why_none_fits(backups, node, method, max_chain, frag
     assert fragment in reason
 
 
-def test_choose_parent_keeps_one_key_per_chain():
+def test_choose_parent_asks_key_matches_about_the_newest_candidate():
     plain = manifest(5)
-    encrypted = dict(manifest(4), encryption=dict(cipher="aes-256-ctr", key_id="00112233aabbccdd"))
+    encryption = dict(cipher="aes-256-ctr", key_id="salted-id-1", salt="00ff")
+    encrypted = dict(manifest(4), encryption=encryption)
+    seen = []
+
+    def matches(value):
+        seen.append(value)
+        return value is not None and value.get("salt") == "00ff"
     parent, reason = _catalog.choose_parent([plain, encrypted], "dbtools", "galera-node3", "mariabackup", 5,
-                                            key_id="00112233aabbccdd")
-    assert parent["id"] == encrypted["id"]
+                                            key_matches=matches)
+    assert parent["id"] == encrypted["id"] and seen == [encryption]
     parent, reason = _catalog.choose_parent([plain, encrypted], "dbtools", "galera-node3", "mariabackup", 5,
-                                            key_id="ffffffffffffffff")
+                                            key_matches=lambda _value: False)
     assert parent is None
-    assert "encrypted with key id 00112233aabbccdd, this backup uses key id ffffffffffffffff" in reason
+    assert "is encrypted with key id salted-id-1, and this backup's key does not match it" in reason
+    # Without key_matches only an unencrypted candidate fits (an empty record is no encryption).
     parent, reason = _catalog.choose_parent([plain, encrypted], "dbtools", "galera-node3", "mariabackup", 5)
-    assert parent is None
-    assert "this backup does not encrypt" in reason
-    parent, reason = _catalog.choose_parent([plain], "dbtools", "galera-node3", "mariabackup", 5, key_id="ab")
-    assert parent is None and "is not encrypted, this backup uses key id ab" in reason
+    assert parent is None and "does not match" in reason
+    parent, _reason = _catalog.choose_parent([dict(plain, encryption={})], "dbtools", "galera-node3", "mariabackup", 5)
+    assert parent["id"] == plain["id"]
+    seen.clear()
+    parent, reason = _catalog.choose_parent([plain], "dbtools", "galera-node3", "mariabackup", 5, key_matches=matches)
+    assert parent is None and "is not encrypted" in reason and seen == [None]
+
+
+@pytest.mark.parametrize("key_id, encryption, expected", [
+    (None, None, True), (None, {"key_id": "ab"}, False), ("ab", {"key_id": "ab"}, True),
+    ("ab", {"key_id": "cd"}, False), ("ab", None, False),
+])
+def test_key_id_matcher(key_id, encryption, expected):
+    assert _catalog.key_id_matcher(key_id)(encryption) is expected
+
+
+def test_choose_parent_stays_within_one_state_uuid():
+    full = manifest(30)
+    newer_other = dict(manifest(10, host="galera-node3"), cluster={"name": "dbtools", "state_uuid": "uuid-other"},
+                       position={"cluster_uuid": "uuid-other", "to_lsn": 5})
+    parent, _reason = _catalog.choose_parent([full, newer_other], "dbtools", "galera-node3", "mariabackup", 5,
+                                             cluster_uuid="uuid-dbtools")
+    assert parent["id"] == full["id"]
+    parent, _reason = _catalog.choose_parent([full, newer_other], "dbtools", "galera-node3", "mariabackup", 5)
+    assert parent["id"] == newer_other["id"]
 
 
 def test_choose_parent_ignores_broken_chains():
@@ -517,3 +569,41 @@ def test_prune_module_check_diff_and_real_run(tmp_path):
 def test_prune_module_rejects_keep_zero(tmp_path):
     result = run_module("galera_backup_prune", {"path": str(tmp_path), "cluster": "dbtools", "keep": 0})
     assert result["failed"] and "Nothing was deleted." in result["msg"]
+
+
+def test_prune_module_keeps_a_twin_cluster_and_what_it_cannot_prove(tmp_path):
+    """Two clusters named my_wsrep_cluster (MariaDB's default) back up into one directory: pruning
+    one never deletes the other's backups; unfinished backups go only with a run record proving them
+    abandoned; nothing else in the directory is touched."""
+    ours = [manifest(h, cluster="my_wsrep_cluster") for h in (50, 40, 30)]
+    twin = [manifest(h, cluster="my_wsrep_cluster", host="galera-node1") for h in (45, 35)]
+    for m in twin:
+        m["cluster"] = dict(m["cluster"], state_uuid="uuid-twin")
+        m["position"] = dict(m["position"], cluster_uuid="uuid-twin")
+    write(tmp_path, *ours, *twin)
+    abandoned = make_id(stamp(48), "my_wsrep_cluster", "galera-node2") + "-0123abcd"
+    (tmp_path / (abandoned + ".partial")).mkdir()
+    (tmp_path / (abandoned + ".partial") / ".run.json").write_text(json.dumps({
+        "format": 1, "kind": "dbtools.galera run", "what": "backup", "run_id": "0123abcd", "backup": abandoned,
+        "cluster": {"name": "my_wsrep_cluster", "state_uuid": "uuid-my_wsrep_cluster"}, "host": "elsewhere",
+        "process": {"pid": 1, "boot_id": "x", "start_ticks": 1}, "started_at": iso(stamp(48))}))
+    unproven = make_id(stamp(47), "my_wsrep_cluster", "galera-node2") + ".partial"
+    (tmp_path / unproven).mkdir()
+    (tmp_path / "my_wsrep_cluster_logs").mkdir()
+    before = sorted(os.listdir(tmp_path))
+
+    args = {"path": str(tmp_path), "cluster": "my_wsrep_cluster", "keep": 1,
+            "cluster_uuid": "uuid-my_wsrep_cluster"}
+    done = run_module("galera_backup_prune", args)
+    assert not done.get("failed"), done
+    assert done["removed"] == [ours[1]["id"], ours[0]["id"]]
+    assert done["removed_partial"] == [abandoned + ".partial"]
+    gone = {ours[0]["id"], ours[1]["id"], abandoned + ".partial"}
+    assert sorted(os.listdir(tmp_path)) == sorted(set(before) - gone)
+    assert sum("uuid-twin" in p for p in done["problems"]) == 2
+    assert any(unproven in p and "no valid run record" in p for p in done["problems"])
+
+    # Without cluster_uuid each cluster of that name keeps its own newest backup.
+    again = run_module("galera_backup_prune", {"path": str(tmp_path), "cluster": "my_wsrep_cluster", "keep": 1})
+    assert again["removed"] == [twin[0]["id"]]
+    assert (tmp_path / twin[1]["id"]).is_dir() and (tmp_path / ours[2]["id"]).is_dir()
