@@ -1,0 +1,286 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to dbtools.galera
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+DOCUMENTATION = r"""
+module: galera_backup_job
+short_description: The node-side steps of one galera_backup run (pre-flight, start, wait, abort, finish)
+version_added: 0.3.0
+description:
+  - The steps the P(dbtools.galera.galera_backup#role) role runs on the node it backs up, in this order;
+    the role desyncs the node with M(dbtools.galera.galera_desync) between O(step=preflight) and
+    O(step=start) and resyncs it between O(step=wait) and O(step=finish). Use the role; the module is
+    documented so its output can be read.
+  - O(step=preflight) makes every check that can refuse, while the node is still Synced, and changes
+    nothing - the settings and paths (absolute, normalised, not a system or data directory, an existing
+    directory owned by O(backup.file_owner) and not writable by others), the tools, the tools' own login
+    landing on this node (a load balancer or another socket would copy another node's files), the
+    encryption key, the parent of an incremental backup, free space for the backup and the
+    verification copy, and room for the write-sets a desynced node keeps in gcache for up to
+    O(backup.max_duration) seconds. It returns RV(run), which the later steps take back.
+  - O(step=start) creates what the run needs (the directory when missing, 0700; a private run
+    directory with the tools' 0600 option file and key file; the C(.partial) directory with a run
+    record), removes what provably dead runs of the same cluster left, and starts the run as a
+    detached process - the backup tool, then checksums and the verification. The watchdog renews
+    the desync lease while that process lives, so the node stays desynced until the backup is
+    written and verified.
+  - O(step=wait) waits up to O(timeout) seconds and reports progress; it fails with the run's error.
+  - O(step=abort) stops the run's whole process group.
+  - O(step=finish) publishes a verified backup (C(manifest.json) written last, files 0600 owned by
+    O(backup.file_owner), the directory renamed to its final name without ever replacing one), or
+    discards this run's own partial backup and records the failure in C(<id>.failed.json); it always
+    removes the run's private files.
+author:
+  - dbtools.galera developers (@dbtools)
+extends_documentation_fragment:
+  - dbtools.galera._connection
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: O(step=preflight) runs its checks; the other steps change nothing and report what they would do.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+options:
+  step:
+    description: The step to run.
+    type: str
+    required: true
+    choices: [preflight, start, wait, abort, finish]
+  node:
+    description: The inventory name of the node, as it appears in the backup id and the manifest.
+    type: str
+  owner:
+    description: The desync lease owner of the run (the role's C(galera_backup_lease_owner) or per-run owner).
+    type: str
+  node_info:
+    description: The M(dbtools.galera.galera_info) result of this node (O(step=preflight)).
+    type: dict
+  run:
+    description: The RV(run) that O(step=preflight) returned (every later step).
+    type: dict
+  watchdog_state:
+    description: The watchdog's state file from the M(dbtools.galera.galera_desync) result, for progress and guards.
+    type: str
+  timeout:
+    description: With O(step=wait), seconds to wait for the run before reporting progress.
+    type: float
+    default: 10
+  failure:
+    description: With O(step=finish), why the run failed (empty for a run that succeeded up to the resync).
+    type: str
+    default: ""
+  failed_step:
+    description: With O(step=finish), the step that failed.
+    type: str
+  desync:
+    description: With O(step=finish), the M(dbtools.galera.galera_desync) O(dbtools.galera.galera_desync#module:state=desynced) result.
+    type: dict
+  resync:
+    description: With O(step=finish), the M(dbtools.galera.galera_desync) O(dbtools.galera.galera_desync#module:state=synced) result.
+    type: dict
+  backup:
+    description: The backup settings; the role passes its C(galera_backup_*) variables (documented there).
+    type: dict
+    required: true
+    suboptions:
+      dir: {description: The backup directory on the node., type: str, required: true}
+      method:
+        description: The backup tool; V(auto) is mariabackup on MariaDB, xtrabackup elsewhere.
+        type: str
+        default: auto
+        choices: [auto, mariabackup, xtrabackup, mydumper, mysqldump]
+      compress: {description: V(zstd) or V(none)., type: str, default: zstd, choices: [zstd, none]}
+      compress_level: {description: zstd level., type: int, default: 3}
+      threads: {description: Threads of zstd and mydumper., type: int, default: 2}
+      extra_args: {description: Extra arguments of the backup tool., type: list, elements: str, default: []}
+      type: {description: V(full) or V(incremental)., type: str, default: full, choices: [full, incremental]}
+      max_incrementals: {description: Incrementals on one full backup., type: int, default: 6}
+      verify:
+        description: Verification level.
+        type: str
+        default: checksum
+        choices: [checksum, prepare, restore]
+      verify_sample: {description: Tables checksummed by the restore test (0 is all)., type: int, default: 20}
+      verify_dir:
+        description: Scratch directory of prepare/restore verification; empty is C(.dbtools-galera-verify) beside O(backup.dir).
+        type: str
+        default: ""
+      free_space_factor: {description: Free space needed as a multiple of the data size., type: float, default: 1.2}
+      file_owner: {description: Owner of the backup files., type: str, default: root}
+      file_group: {description: Group of the backup files., type: str, default: root}
+      throttle: {description: mariabackup/xtrabackup C(--throttle)., type: int, default: 0}
+      nice: {description: CPU priority of the backup's processes., type: int, default: 10}
+      ionice_class:
+        description: IO class of the backup's processes.
+        type: str
+        default: best-effort
+        choices: [best-effort, idle, none]
+      ionice_level: {description: best-effort IO level., type: int, default: 7}
+      max_duration: {description: Seconds the run may take before it is stopped., type: int, default: 21600}
+      min_free_bytes:
+        description: Bytes the watchdog keeps free where gcache spills; pre-flight counts them as unavailable.
+        type: int
+        default: 1073741824
+      min_free_fraction:
+        description: Fraction of that filesystem the watchdog keeps free (the larger of the two counts).
+        type: float
+        default: 0.05
+      encrypt: {description: Encrypt the backup., type: bool, default: false}
+      encrypt_key: {description: The key (its first line); never logged., type: str, default: ""}
+      encrypt_key_file: {description: A file on the node whose first line is the key., type: str, default: ""}
+      lease_database: {description: The lease database., type: str, default: dbtools_galera}
+      lease_ttl: {description: Seconds of the desync lease., type: int, default: 300}
+      partial_margin:
+        description: Seconds after which a dead run's leftovers may be removed (default O(backup.lease_ttl)).
+        type: int
+      retention: {description: Backups kept (used by the role's retention step)., type: int, default: 7}
+notes:
+  - The run's process is detached from the module (new session, its own process group, standard streams on
+    /dev/null); the credentials reach the tools only through the 0600 option file, which the run removes when
+    it ends, whatever happened.
+seealso:
+  - module: dbtools.galera.galera_desync
+  - module: dbtools.galera.galera_backup_info
+"""
+
+EXAMPLES = r"""
+# The galera_backup role runs these steps; this is what it does, in short.
+- name: Check the node and the settings (nothing changes)
+  dbtools.galera.galera_backup_job:
+    step: preflight
+    node: "{{ inventory_hostname }}"
+    owner: "{{ owner }}"
+    node_info: "{{ galera_info_result }}"
+    backup: {dir: /var/backups/galera, verify: prepare}
+  register: job
+
+- name: Start the backup run (after the desync)
+  dbtools.galera.galera_backup_job:
+    step: start
+    run: "{{ job.run }}"
+    backup: {dir: /var/backups/galera, verify: prepare}
+    watchdog_state: "{{ desync.watchdog.state_file }}"
+
+- name: Wait for it
+  dbtools.galera.galera_backup_job:
+    step: wait
+    run: "{{ job.run }}"
+    backup: {dir: /var/backups/galera}
+  register: progress
+  until: progress.done
+  retries: 2000
+  delay: 0
+"""
+
+RETURN = r"""
+run:
+  description: The run - its id, paths and facts - for the later steps (O(step=preflight) and O(step=start)).
+  returned: success of preflight and start
+  type: dict
+  sample: {"id": "dbtools_galera-node3_20261201T101500Z-1a2b3c4d", "run_id": "1a2b3c4d", "tool": "mariabackup",
+           "type": "full", "partial": "/var/backups/galera/dbtools_galera-node3_20261201T101500Z-1a2b3c4d.partial"}
+done:
+  description: With O(step=wait), whether the run ended (successfully; a failed run fails the step).
+  returned: step wait
+  type: bool
+progress:
+  description: With O(step=wait), the run's step, bytes written, seconds and the watchdog's view (queue, lease).
+  returned: step wait
+  type: dict
+  sample: {"step": "running mariabackup", "bytes": 104857600, "elapsed": 12.5, "recv_queue": 3,
+           "lease_seconds_left": 281, "guard": null}
+out:
+  description: With O(step=wait), the run's result when done (position, checksums, verification).
+  returned: step wait, when done
+  type: dict
+published:
+  description: With O(step=finish), the final path of the published backup, or null.
+  returned: step finish
+  type: str
+manifest:
+  description: With O(step=finish), the manifest written into the published backup.
+  returned: step finish, when published
+  type: dict
+failure_record:
+  description: With O(step=finish), the failed-run record written, or null.
+  returned: step finish
+  type: str
+"""
+
+from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job
+from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, run_local
+
+BACKUP_SPEC = dict(
+    dir=dict(type="str", required=True),
+    method=dict(type="str", default="auto", choices=["auto", "mariabackup", "xtrabackup", "mydumper", "mysqldump"]),
+    compress=dict(type="str", default="zstd", choices=["zstd", "none"]),
+    compress_level=dict(type="int", default=3),
+    threads=dict(type="int", default=2),
+    extra_args=dict(type="list", elements="str", default=[]),
+    type=dict(type="str", default="full", choices=["full", "incremental"]),
+    max_incrementals=dict(type="int", default=6),
+    verify=dict(type="str", default="checksum", choices=["checksum", "prepare", "restore"]),
+    verify_sample=dict(type="int", default=20),
+    verify_dir=dict(type="str", default=""),
+    free_space_factor=dict(type="float", default=1.2),
+    file_owner=dict(type="str", default="root"),
+    file_group=dict(type="str", default="root"),
+    throttle=dict(type="int", default=0),
+    nice=dict(type="int", default=10),
+    ionice_class=dict(type="str", default="best-effort", choices=["best-effort", "idle", "none"]),
+    ionice_level=dict(type="int", default=7),
+    max_duration=dict(type="int", default=21600),
+    min_free_bytes=dict(type="int", default=1 << 30),
+    min_free_fraction=dict(type="float", default=0.05),
+    encrypt=dict(type="bool", default=False),
+    encrypt_key=dict(type="str", default="", no_log=True),
+    encrypt_key_file=dict(type="str", default=""),
+    lease_database=dict(type="str", default="dbtools_galera"),
+    lease_ttl=dict(type="int", default=300),
+    partial_margin=dict(type="int"),
+    retention=dict(type="int", default=7),
+)
+
+
+def main():
+    module = build_module(
+        dict(
+            step=dict(type="str", required=True, choices=["preflight", "start", "wait", "abort", "finish"]),
+            node=dict(type="str"),
+            owner=dict(type="str"),
+            node_info=dict(type="dict"),
+            run=dict(type="dict"),
+            watchdog_state=dict(type="str"),
+            timeout=dict(type="float", default=10),
+            failure=dict(type="str", default=""),
+            failed_step=dict(type="str"),
+            desync=dict(type="dict"),
+            resync=dict(type="dict"),
+            backup=dict(type="dict", required=True, options=BACKUP_SPEC),
+        ),
+        supports_check_mode=True,
+        required_if=[("step", "preflight", ("node", "node_info")), ("step", "start", ("run",)),
+                     ("step", "wait", ("run",)), ("step", "abort", ("run",)), ("step", "finish", ("run",))],
+    )
+    p = module.params
+
+    def work():
+        step = p["step"]
+        if step == "preflight":
+            run = _backup_job.preflight(p)
+            return dict(changed=False, run=run, msg=f"pre-flight passed for {run['id']}: " + "; ".join(run["checks"]))
+        if module.check_mode:
+            return dict(changed=step in ("start", "finish"), done=True, running=False, run=p["run"],
+                        msg=f"check mode: step {step} not run")
+        return getattr(_backup_job, step)(p)
+
+    run_local(module, work)
+
+
+if __name__ == "__main__":
+    main()

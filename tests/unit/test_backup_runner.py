@@ -1,0 +1,114 @@
+# Copyright: contributors to dbtools.galera
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Pure parts of the backup run: the xbstream reader, the positions the tools record, pipelines."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pytest
+
+from ansible_collections.dbtools.galera.plugins.module_utils import _backup_runner, _tools, _xbstream
+from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
+
+
+def chunk(path: str, payload: bytes) -> bytes:
+    name = path.encode()
+    return (_xbstream.MAGIC + struct.pack("<BBI", 0, ord("P"), len(name)) + name
+            + struct.pack("<QQ", len(payload), 0) + b"\0\0\0\0" + payload)
+
+
+def eof(path: str) -> bytes:
+    name = path.encode()
+    return _xbstream.MAGIC + struct.pack("<BBI", 0, ord("E"), len(name)) + name
+
+
+def test_xbstream_copied_unchanged_with_metadata_kept():
+    stream = (chunk("ibdata1", b"x" * 5000) + eof("ibdata1") + chunk("xtrabackup_galera_info", b"u:42\n")
+              + chunk("db/xtrabackup_info", b"not the top-level one") + eof("xtrabackup_galera_info"))
+    out = io.BytesIO()
+    result = _xbstream.copy(io.BytesIO(stream), out)
+    assert out.getvalue() == stream
+    assert result["files"] == {"xtrabackup_galera_info": b"u:42\n"}
+    assert result["bytes"] == len(stream) and result["chunks"] == 5
+
+
+@pytest.mark.parametrize("data, text", [
+    (b"", "empty xbstream"),
+    (b"NOTXBST!" + b"\0" * 20, "not an xbstream"),
+    (chunk("ibdata1", b"x" * 100)[:-10], "ends inside"),
+])
+def test_broken_xbstreams_fail(data, text):
+    with pytest.raises(GaleraError, match=text):
+        _xbstream.copy(io.BytesIO(data), io.BytesIO())
+
+
+def test_physical_position(tmp_path):
+    (tmp_path / "mariadb_backup_galera_info").write_text("0a9b-uuid:4711\n")
+    (tmp_path / "mariadb_backup_checkpoints").write_text("backup_type = incremental\nfrom_lsn = 10\nto_lsn = 99\n")
+    (tmp_path / "mariadb_backup_binlog_info").write_text("mysql-bin.000003\t1234\t0-1-99\n")
+    pos = _backup_runner.physical_position(str(tmp_path), incremental_lsn=10)
+    assert pos == dict(galera_info="0a9b-uuid:4711", to_lsn=99, from_lsn=10,
+                       binlog=dict(file="mysql-bin.000003", position=1234, gtid="0-1-99"))
+    with pytest.raises(GaleraError, match="not at its parent's 11"):
+        _backup_runner.physical_position(str(tmp_path), incremental_lsn=11)
+
+
+def test_dump_position():
+    head = (b"-- MariaDB dump\n--\n-- CHANGE MASTER TO MASTER_LOG_FILE='mysql-bin.000002', MASTER_LOG_POS=42;\n"
+            b"-- SET GLOBAL gtid_slave_pos='0-1-7';\n")
+    assert _backup_runner.dump_position(head)["binlog"] == dict(file="mysql-bin.000002", position=42, gtid="0-1-7")
+    assert _backup_runner.dump_position(b"-- nothing\n")["binlog"] is None
+
+
+def test_mydumper_position(tmp_path):
+    meta = tmp_path / "metadata"
+    meta.write_text("Started dump at: 2026\nSHOW MASTER STATUS:\n\tLog: mysql-bin.000001\n\tPos: 77\n\tGTID:0-1-3\n"
+                    "Finished dump at: 2026\n")
+    expected = dict(file="mysql-bin.000001", position=77, gtid="0-1-3")
+    assert _backup_runner.mydumper_position(str(meta))["binlog"] == expected
+    meta.write_text("Started dump at: 2026\n")
+    with pytest.raises(GaleraError, match="incomplete"):
+        _backup_runner.mydumper_position(str(meta))
+
+
+def test_pipeline_reports_the_failing_stage_not_the_broken_pipe(tmp_path):
+    log = str(tmp_path / "log")
+    ok = _tools.Pipeline([["printf", "a\\nb\\n"], ["wc", "-l"]], log, stdout=str(tmp_path / "out"))
+    ok.wait("counting")
+    assert (tmp_path / "out").read_text().strip() == "2"
+    bad = _tools.Pipeline([["yes"], ["sh", "-c", "head -c 10 >/dev/null; echo boom >&2; exit 3"]], log)
+    with pytest.raises(GaleraError, match="sh exited with 3: .*boom"):
+        bad.wait("testing")
+
+
+def test_tee_keeps_head_and_tail_of_a_dump():
+    data = b"-- head\n" + b"x" * (3 << 20) + b"\n-- Dump completed on 2026\n"
+    tee = _backup_runner.Tee("dump")
+    out = io.BytesIO()
+    out.close = lambda: None  # keep the buffer readable after the tee closes it
+    tee.run(io.BytesIO(data), out)
+    assert tee.error is None and out.getvalue() == data
+    assert tee.head.startswith(b"-- head") and len(tee.head) == 1 << 20
+    assert tee.tail.endswith(b"-- Dump completed on 2026\n")
+
+
+def test_check_stages_test_an_encrypted_stream_and_catch_a_wrong_key(tmp_path):
+    import subprocess  # noqa: PLC0415
+
+    from ansible_collections.dbtools.galera.plugins.module_utils import _crypto, _restore  # noqa: PLC0415
+
+    key = tmp_path / "key"
+    _crypto.write_key_file(str(key), b"unit-test-key")
+    plain = subprocess.run(["zstd", "-q", "-c"], input=b"x" * 100000, capture_output=True, check=True).stdout
+    stream = tmp_path / "backup.xbstream.zst.enc"
+    stream.write_bytes(subprocess.run(_crypto.encrypt_argv("openssl", str(key)), input=plain, capture_output=True,
+                                      check=True).stdout)
+    log = str(tmp_path / "log")
+    _tools.Pipeline(_restore.check_stages(str(stream), str(key)), log, stdin=str(stream)).wait("checking")
+    wrong = tmp_path / "wrong"
+    _crypto.write_key_file(str(wrong), b"another-key")
+    with pytest.raises(GaleraError, match="zstd exited with 1"):
+        _tools.Pipeline(_restore.check_stages(str(stream), str(wrong)), log, stdin=str(stream)).wait("checking")
