@@ -300,40 +300,206 @@ def _sorted_ids(backups) -> list:
 # ---------------------------------------------------------------------------------------------
 # Retention, newest, parent
 
-def plan_retention(backups: list, keep: int) -> dict:
+# Retention policy: ``keep`` newest, ``max_age``, calendar tiers. See ``plan_retention``.
+TIERS = ("hourly", "daily", "weekly", "monthly", "yearly")
+POLICY_KEYS = ("keep", "max_age") + TIERS
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def retention_policy(value=None, **rules) -> dict:
+    """A checked retention policy: ``dict(keep, max_age, hourly, daily, weekly, monthly, yearly)``.
+
+    ``value`` is an int (the short form of ``{"keep": value}``, what ``keep`` always meant), a
+    policy dict, or None; ``rules`` add to it. ``keep`` (at least 1) keeps that many newest
+    restorable backups; ``max_age`` (seconds, at least 1) every restorable backup younger than that;
+    each tier (0 or more; 0 and None are off) the newest restorable backup of each of that many
+    most recent periods that have one (``plan_retention``). Missing rules are None. Raises
+    ValueError naming the rule when a value is wrong, or when no rule is given at all.
+    """
+    given = {}
+    if _count(value):
+        given["keep"] = value
+    elif isinstance(value, dict):
+        given.update(value)
+    elif value is not None:
+        raise ValueError(f"a retention policy is a dict of {', '.join(POLICY_KEYS)} (or an int: keep), "
+                         f"got {value!r}")
+    given.update(rules)
+    unknown = sorted(str(k) for k in given if k not in POLICY_KEYS)
+    if unknown:
+        raise ValueError(f"unknown retention rule(s) {', '.join(unknown)}: the rules are {', '.join(POLICY_KEYS)}")
+    policy = {key: given.get(key) for key in POLICY_KEYS}
+    for key, least in (("keep", 1), ("max_age", 1)) + tuple((tier, 0) for tier in TIERS):
+        number = policy[key]
+        if number is not None and (not _count(number) or number < least):
+            raise ValueError(f"{key} must be an integer of at least {least}, got {number!r}")
+    if not policy["keep"] and not policy["max_age"] and not any(policy[tier] for tier in TIERS):
+        raise ValueError("no retention rule is given: give keep, max_age or at least one tier ("
+                         f"{', '.join(TIERS)}) above 0")
+    return policy
+
+
+def describe_policy(policy) -> str:
+    """One line for messages: "keep 7, max_age 48.0 h, daily 7, weekly 4"."""
+    policy = retention_policy(policy)
+    parts = []
+    for key in POLICY_KEYS:
+        if policy[key]:
+            parts.append(f"max_age {_hours(policy[key])}" if key == "max_age" else f"{key} {policy[key]}")
+    return ", ".join(parts)
+
+
+def period(moment: datetime, tier: str) -> str:
+    """The calendar period (UTC) of ``moment`` for ``tier``, as its label: hourly "2026-11-30T14Z",
+    daily "2026-11-30", weekly "2026-W48" (ISO 8601 week: Monday to Sunday, its year the ISO
+    year, so 2027-01-01 is in 2026-W53), monthly "2026-11", yearly "2026"."""
+    moment = moment.astimezone(timezone.utc)
+    if tier == "hourly":
+        return moment.strftime("%Y-%m-%dT%HZ")
+    if tier == "daily":
+        return moment.strftime("%Y-%m-%d")
+    if tier == "weekly":
+        year, week, _day = moment.isocalendar()
+        return f"{year:04d}-W{week:02d}"
+    if tier == "monthly":
+        return moment.strftime("%Y-%m")
+    if tier == "yearly":
+        return moment.strftime("%Y")
+    raise ValueError(f"unknown tier {tier!r}: the tiers are {', '.join(TIERS)}")
+
+
+def reason_text(reasons) -> str:
+    """The reasons a backup is kept, for a line: "daily 2026-11-30, chain of X (and 2 more)"."""
+    own = [r for r in reasons if not r.startswith("chain of ")]
+    chains = [r for r in reasons if r.startswith("chain of ")]
+    if chains:
+        own.append(chains[0] + (f" (and {len(chains) - 1} more)" if len(chains) > 1 else ""))
+    return ", ".join(own)
+
+
+def _oldest_entry(key: tuple, backup: dict) -> dict:
+    position = backup.get("position") if isinstance(backup.get("position"), dict) else {}
+    started = parse_time(backup.get("started_at"))
+    # finished_at is the time retention went by (the id's time when the manifest has none valid).
+    return dict(cluster=key[0] or None, cluster_uuid=key[1] or None, id=backup["id"],
+                started_at=format_time(started) if started else None, finished_at=format_time(backup_time(backup)),
+                position=dict(position))
+
+
+def plan_retention(backups: list, policy, now: datetime | None = None) -> dict:
     """What retention keeps and removes, per cluster (name and state uuid, ``cluster_key``).
 
-    The ``keep`` newest restorable backups of each cluster (by ``finished_at``) are kept with every
-    ancestor their chain needs; so the newest restorable backup is always kept. Every other
-    restorable backup is removed. A backup whose chain is broken is ``broken``: never counted; it
-    is removed when it is older than the oldest kept backup of its cluster, kept otherwise (and kept
-    when its cluster has no restorable backup at all). Returns ``dict(keep=[ids], remove=[ids],
-    broken=[ids])``, each list oldest first.
+    ``policy``: a ``retention_policy`` dict, or an int (``keep``). Only restorable backups count,
+    newest first by ``finished_at`` (``backup_time``); every rule is applied on its own to all of
+    them, and a backup is kept when any rule keeps it:
+
+    - always: the newest restorable backup;
+    - ``keep``: the ``keep`` newest restorable backups;
+    - ``max_age``: every restorable backup less than ``max_age`` seconds older than ``now``;
+    - each tier (hourly, daily, weekly, monthly, yearly): the newest restorable backup of each of
+      the N most recent periods that HAVE a restorable backup. Periods are UTC calendar periods
+      (``period``; weeks are ISO weeks, Monday to Sunday).
+
+    This is the grandfather-father-son rule as restic applies it (``--keep-daily`` and so on): a
+    period without a backup does not use up a slot, and each tier is counted over every backup,
+    independently of the others (one backup may be the daily, the weekly and the monthly one;
+    borg instead counts a tier only over the backups earlier tiers did not keep). Chosen because
+    every tier then means the same thing on its own (daily 7 is the newest backup of each of the
+    last 7 days that have one, whatever the other tiers say), so its count never exceeds N, and a
+    cluster whose backups stopped, or a prune that runs late, never loses old backups to the
+    calendar moving on: the tiers do not depend on ``now``, only ``max_age`` does.
+
+    A kept backup is kept with its whole chain (the full backup and every incremental before it),
+    even when no rule keeps those on their own. A backup whose chain is broken is ``broken``: never
+    counted; removed when it is older than the oldest kept backup of its cluster, kept otherwise,
+    and kept when its cluster has no restorable backup at all. Applying the plan and planning again
+    with the same ``now`` removes nothing more.
+
+    Returns ``dict(keep=[ids], remove=[ids], broken=[ids], reasons={kept id: [why]},
+    remove_reasons={removed id: why}, oldest_kept=[...], policy=the checked policy)``, the lists
+    oldest first. A reason is "newest restorable", "keep 2 of 7", "max_age (5.0 h old)",
+    "daily 2026-11-30" (the tier and its period), "chain of <id>" (the backup it is needed by) or,
+    for a kept broken backup, why it is kept.
+
+    ``oldest_kept`` has one entry per cluster (name, state uuid) that keeps a restorable backup:
+    ``dict(cluster, cluster_uuid, id, started_at, finished_at, position)`` of its oldest kept
+    restorable backup (``position`` as its manifest records it: Galera uuid:seqno, LSNs, binlog).
+    It is what a binlog archive must keep from: a point-in-time restore starts from a kept backup
+    and replays the binary logs from that backup's position on, so the events after the oldest
+    kept backup's position are needed and older ones are not. (There is no binlog archive yet; it
+    comes with point-in-time recovery and asks this.)
     """
-    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-        raise ValueError(f"keep must be an integer of at least 1, got {keep!r}")
+    policy = retention_policy(policy)
+    now = now or utc_now()
     kept, removed, broken = [], [], []
-    for members in _by_cluster(parse_manifests(backups)).values():
+    reasons, remove_reasons, oldest = {}, {}, []
+    for key, members in _by_cluster(parse_manifests(backups)).items():
         by_id = {b["id"]: b for b in members}
         good = sorted((b for b in members if restorable(b, by_id)), key=_sort_key, reverse=True)
-        bad = {b["id"] for b in members if not restorable(b, by_id)}
-        keep_ids = set()
-        for head in good[:keep]:
-            keep_ids.update(chain_of(head, by_id))
-        kept_backups = [by_id[i] for i in keep_ids]
-        oldest_kept = min((_sort_key(b) for b in kept_backups), default=None)
+        why = _select(good, policy, now)
+        for head in [b for b in good if b["id"] in why]:
+            for ancestor in chain_of(head, by_id)[:-1]:
+                why.setdefault(ancestor, []).append(f"chain of {head['id']}")
+        kept_good = [by_id[i] for i in why]
+        oldest_kept = min((_sort_key(b) for b in kept_good), default=None)
+        if kept_good:
+            oldest.append(_oldest_entry(key, min(kept_good, key=_sort_key)))
         for backup in members:
-            if backup["id"] in keep_ids:
+            backup_id = backup["id"]
+            if backup_id in why:
                 kept.append(backup)
-            elif backup["id"] in bad:
-                broken.append(backup)
-                if oldest_kept is not None and _sort_key(backup) < oldest_kept:
-                    removed.append(backup)
-                else:
-                    kept.append(backup)
-            else:
+                reasons[backup_id] = why[backup_id]
+                continue
+            reason = broken_reason(backup, by_id)
+            if reason is None:
                 removed.append(backup)
-    return dict(keep=_sorted_ids(kept), remove=_sorted_ids(removed), broken=_sorted_ids(broken))
+                remove_reasons[backup_id] = "no retention rule keeps it, and no kept backup needs it"
+                continue
+            broken.append(backup)
+            if oldest_kept is not None and _sort_key(backup) < oldest_kept:
+                removed.append(backup)
+                remove_reasons[backup_id] = f"cannot be restored ({reason}) and is older than the oldest kept backup"
+            else:
+                kept.append(backup)
+                reasons[backup_id] = [f"cannot be restored ({reason}), but is newer than the oldest kept backup"
+                                      if oldest_kept is not None else
+                                      f"cannot be restored ({reason}); its cluster has no restorable backup"]
+    oldest.sort(key=lambda entry: (entry["cluster"] or "", entry["cluster_uuid"] or ""))
+    return dict(keep=_sorted_ids(kept), remove=_sorted_ids(removed), broken=_sorted_ids(broken),
+                reasons=reasons, remove_reasons=remove_reasons, oldest_kept=oldest, policy=policy)
+
+
+def _select(good: list, policy: dict, now: datetime) -> dict:
+    """{id: [reasons]} of the restorable backups ``good`` (newest first) that a rule keeps."""
+    why = {}
+
+    def add(backup, text):
+        why.setdefault(backup["id"], []).append(text)
+    if good:
+        add(good[0], "newest restorable")
+    if policy["keep"]:
+        for rank, backup in enumerate(good[:policy["keep"]], 1):
+            add(backup, f"keep {rank} of {policy['keep']}")
+    if policy["max_age"]:
+        for backup in good:
+            age = (now - backup_time(backup)).total_seconds()
+            if age < policy["max_age"]:
+                add(backup, f"max_age ({_hours(max(age, 0))} old)")
+    for tier in TIERS:
+        wanted = policy[tier] or 0
+        seen = []
+        for backup in good:
+            label = period(backup_time(backup), tier)
+            if seen and seen[-1] == label:
+                continue  # an older backup of a period already served by its newest
+            if len(seen) == wanted:
+                break
+            seen.append(label)
+            add(backup, f"{tier} {label}")
+    return why
 
 
 def newest_good(backups: list, cluster: str | None = None, cluster_uuid: str | None = None) -> dict | None:
@@ -595,4 +761,121 @@ def _cluster_line(name: str, newest: dict | None, run: dict | None, max_age) -> 
         text = f"{label} newest backup {newest['id']} {age} old{limit}{stale}, " + ", ".join(details)
     if run is not None and run["result"] == "failed":
         text += f"; last run FAILED at {run['at']} on {run.get('node')}: {run.get('error')}"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Restore drills: their records and how fresh the last good one is
+
+DRILL_FORMAT = 1
+DRILL_KIND = "dbtools.galera restore drill"
+DRILL_PREFIX = "drill-"
+DRILL_SUFFIX = ".json"
+DRILL_CONDITIONS = ("drill_stale", "drill_failed", "no_drill")
+
+
+def drill_file_name(cluster) -> str:
+    """``drill-<cluster>.json``: the cluster's name as backup ids spell it."""
+    return f"{DRILL_PREFIX}{_manifest.sanitize(cluster)}{DRILL_SUFFIX}"
+
+
+def valid_drill(record) -> bool:
+    return (isinstance(record, dict) and record.get("kind") == DRILL_KIND and record.get("result") in ("ok", "failed")
+            and parse_time(record.get("finished_at")) is not None)
+
+
+def read_drills(path: str) -> dict:
+    """``dict(drills=[records, each with "path"], problems=[text], exists=bool)``: the drill records
+    (``drill-*.json``) directly under ``path``. A record keeps the cluster's last good drill in
+    ``last_ok`` when the newest one failed, so one file answers both questions."""
+    out = dict(drills=[], problems=[], exists=os.path.isdir(path))
+    if not out["exists"]:
+        return out
+    for name in sorted(os.listdir(path)):
+        if not (name.startswith(DRILL_PREFIX) and name.endswith(DRILL_SUFFIX)):
+            continue
+        full = os.path.join(path, name)
+        if os.path.islink(full) or not os.path.isfile(full):
+            continue
+        try:
+            record = _load_json(full)
+        except (OSError, ValueError) as exc:
+            out["problems"].append(f"{full} is not a readable drill record: {exc}")
+            continue
+        if not valid_drill(record):
+            out["problems"].append(f"{full} is not a drill record of this collection: ignored")
+            continue
+        out["drills"].append(dict(record, path=full))
+    return out
+
+
+def drill_freshness(records: list, now: datetime | None = None, max_age: int | None = None, fail_on=(),
+                    clusters=None, problems=()) -> dict:
+    """Judge restore drill records (``read_drills``, possibly from several hosts).
+
+    Per cluster: the newest drill and the newest successful one (a failed record carries its
+    cluster's earlier success in ``last_ok``). Conditions: ``drill_stale`` (the last successful drill
+    is older than ``max_age`` seconds, or there is none), ``drill_failed`` (the newest drill failed),
+    ``no_drill`` (a cluster of ``clusters``, or any at all, has no drill record). Returns
+    ``dict(clusters={name: dict(last, last_ok, age_seconds)}, alerts, failing, problems, summary)``.
+    """
+    now = now or utc_now()
+    problems = list(problems)
+    by_cluster = {}
+    for record in records or []:
+        if not valid_drill(record):
+            continue
+        entry = by_cluster.setdefault(str(record.get("cluster") or ""), dict(last=None, last_ok=None))
+        moment = parse_time(record["finished_at"])
+        if entry["last"] is None or moment > parse_time(entry["last"]["finished_at"]):
+            entry["last"] = record
+        for good in (record if record["result"] == "ok" else None, record.get("last_ok")):
+            if isinstance(good, dict) and parse_time(good.get("finished_at")) is not None and (
+                    entry["last_ok"] is None or parse_time(good["finished_at"]) > parse_time(entry["last_ok"]["finished_at"])):
+                entry["last_ok"] = good
+    for name in clusters or []:
+        by_cluster.setdefault(str(name), dict(last=None, last_ok=None))
+    stale, failed, missing, parts = [], [], [], []
+    for name in sorted(by_cluster):
+        entry = by_cluster[name]
+        good = entry["last_ok"]
+        entry["age_seconds"] = round((now - parse_time(good["finished_at"])).total_seconds(), 1) if good else None
+        if entry["last"] is None:
+            missing.append(name)
+        if max_age is not None and (good is None or entry["age_seconds"] > max_age):
+            stale.append(name)
+        if entry["last"] is not None and entry["last"]["result"] != "ok":
+            failed.append(name)
+        parts.append(_drill_line(name, entry, max_age))
+    alerts = []
+    if stale or (max_age is not None and not by_cluster):
+        alerts.append("drill_stale")
+    if failed:
+        alerts.append("drill_failed")
+    if missing or not by_cluster:
+        alerts.append("no_drill")
+    failing = [c for c in DRILL_CONDITIONS if c in alerts and c in fail_on]
+    level = "CRITICAL" if failing else ("WARNING" if alerts or problems else "OK")
+    line = f"{level}: " + ("; ".join(parts) if parts else "no restore drill record found")
+    if problems:
+        line += f"; {len(problems)} problem{'s' if len(problems) != 1 else ''}: {problems[0]}"
+    return dict(clusters=by_cluster, alerts=alerts, failing=failing, problems=problems,
+                summary=" ".join(line.split()), checked_at=format_time(now))
+
+
+def _drill_line(name: str, entry: dict, max_age) -> str:
+    label = f"cluster {name or '(unnamed)'}"
+    last, good = entry["last"], entry["last_ok"]
+    if last is None:
+        return f"{label} has no restore drill"
+    if good is None:
+        text = f"{label} has no successful restore drill"
+    else:
+        limit = f" (max {_hours(max_age)})" if max_age is not None else ""
+        stale = " STALE" if max_age is not None and entry["age_seconds"] > max_age else ""
+        backup = (good.get("backup") or {}).get("id")
+        text = (f"{label} last successful drill {_hours(entry['age_seconds'])} ago{limit}{stale}, backup {backup}, "
+                f"{good.get('duration_seconds')} s on {good.get('host')}")
+    if last["result"] != "ok":
+        text += f"; last drill FAILED at {last.get('finished_at')} ({last.get('step')}): {last.get('error')}"
     return text

@@ -49,7 +49,8 @@ def plan_copy(local: _stores.LocalBackup, state: dict | None, label: str):
     return "repair", list(state["bad"])
 
 
-def copy(module, result: dict) -> dict:
+def copy(module, result: dict, policy: dict | None = None) -> dict:
+    """Copy, verify, then retention under ``policy`` (``_retention.policy_from_options``; None: none)."""
     p = module.params
     local = _stores.LocalBackup(p["src"])
     result.update(id=local.id, bytes=local.bytes, files=len(local.files), excluded=local.excluded)
@@ -76,11 +77,15 @@ def copy(module, result: dict) -> dict:
         dest.put(local, repair, _stores.new_copy_record(local, owner=p["name"]))
         result["verified"] = True
 
-    if p["keep"] is not None:
-        planned = _retention.run(dest, local.cluster, p["keep"], module.check_mode, state_uuid=state_uuid,
+    if policy is not None:
+        planned = _retention.run(dest, local.cluster, policy, module.check_mode, state_uuid=state_uuid,
                                  margin=p["partial_margin"], protect=[local.id], extra=[local.manifest])
         result.update(removed=planned["remove"], removed_partial=planned["remove_partial"], kept=planned["kept"],
-                      in_flight=planned["in_flight"], problems=planned["problems"])
+                      in_flight=planned["in_flight"], problems=planned["problems"], refused=planned["refused"],
+                      reasons={i: _catalog.reason_text(r) for i, r in planned["reasons"].items()},
+                      oldest_kept=planned["oldest_kept"])
+        if module._diff:
+            result["diff"] = _retention.plan_diff(planned, label, module.check_mode)
         for text in planned["problems"]:
             module.warn(text)
         if planned["remove"] or planned["remove_partial"]:
@@ -94,16 +99,20 @@ def run(module) -> None:
     started = time.monotonic()
     result = dict(changed=False, dest=None, url=None, id=None, bytes=0, files=0, verified=False, copied=False,
                   repaired=[], seconds=0.0, removed=[], removed_partial=[], kept=[], in_flight=[], excluded=[],
-                  problems=[])
+                  problems=[], refused=[], reasons={}, oldest_kept=[])
     for option in ("keep", "partial_margin"):
         if p.get(option) is not None and p[option] < (1 if option == "keep" else 0):
             module.fail_json(msg=f"{option} must be at least {1 if option == 'keep' else 0}, got {p[option]}"
                                  f"{' (leave it out for no retention at the destination)' if option == 'keep' else ''}"
                                  ". Nothing was changed.", **result)
+    try:
+        policy = _retention.policy_from_options(p["keep"], p["keep_tiers"], p["max_age"], required=False)
+    except GaleraError as exc:
+        module.fail_json(msg=exc.msg, **result)
 
     def work():
         try:
-            copy(module, result)
+            copy(module, result, policy)
         except GaleraError as exc:
             result["seconds"] = round(time.monotonic() - started, 1)
             raise GaleraError((f"copy to {p['name']}: " if p["name"] else "") + exc.msg, **dict(result, **exc.details))
@@ -128,4 +137,6 @@ def summary(result: dict, check_mode: bool) -> str:
     if result["removed"] or result["removed_partial"]:
         text += (f"; retention {'would remove' if check_mode else 'removed'} "
                  f"{', '.join(result['removed'] + result['removed_partial'])}")
+    if result["refused"]:
+        text += f"; the destination refuses to delete {', '.join(r['id'] for r in result['refused'])}: kept"
     return text

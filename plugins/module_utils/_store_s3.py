@@ -9,13 +9,48 @@ A backup is the objects under ``<prefix><id>/``; it counts once ``<prefix><id>/m
 exists, which is uploaded last, after every other object was streamed back and hashed. An upload in
 progress carries ``<prefix><id>/.run.json`` (its run record) until it is complete. Works with AWS S3
 and with S3-compatible servers (MinIO, Ceph RGW, moto), addressed path-style with an endpoint URL.
+
+Object Lock. A bucket with Object Lock is versioned; a retention period (the bucket's default or the
+object's) or a legal hold protects each object *version*. What the servers answer (AWS S3, MinIO and
+moto alike): a plain DELETE (no version id) succeeds and only adds a delete marker, the locked
+version staying until its date; deleting the locked version is refused, per key in DeleteObjects'
+``Errors``: AWS and moto ``AccessDenied`` "Access Denied because object protected by object lock.",
+MinIO ``InvalidRequest`` "Object is WORM protected and cannot be overwritten". An upload into a
+bucket with a default retention needs a checksum header (AWS ``InvalidRequest`` "Content-MD5 OR
+x-amz-checksum- HTTP header is required for Put Object requests with Object Lock parameters", moto
+``MissingUploadObjectWithObjectLockHeaders``).
+
+So, here:
+
+- uploads carry ``Content-MD5`` (single requests) or ``x-amz-checksum-sha256`` (the transfer
+  manager's multipart uploads) when the bucket has Object Lock, or when the server asked for one;
+  never otherwise (some S3-compatible servers reject checksum headers they do not know);
+- a backup is deleted only when none of its objects is locked (``deletion_refusal``: HEAD each
+  object, ``ObjectLockRetainUntilDate`` still ahead or ``ObjectLockLegalHoldStatus`` ON). Hiding a
+  locked backup behind delete markers would free nothing (the locked data stays, billed) and would
+  make a backup that still exists, and can be restored, invisible; so it is refused, whole, with the
+  lock's date, and ``_retention`` keeps and reports it. The first run after the date deletes it;
+- when the lock cannot be read (no ``s3:GetObjectRetention``) and the server refuses a deletion
+  anyway (a lock, a WORM server, a bucket policy): the manifest goes first, as always (a deletion cut
+  short never leaves a backup that counts with data missing). When the manifest itself is refused,
+  nothing was deleted; when the data is refused and none of it was deleted, the manifest is put back,
+  so the backup is whole again and counts; only when the server refused some data objects and took
+  others is the backup left partly deleted, no longer counting, and said so. A refusal raises
+  ``GaleraError`` with ``refused=True``, ``whole`` (whether the backup is still complete), ``reason``
+  and ``until``; it is not retried (botocore retries only throttling and transient errors), and
+  each run asks once.
+
+Deleting never removes object versions: on a versioned bucket, a lifecycle rule
+(NoncurrentVersionExpiration) frees the space of deleted backups.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import traceback
+from datetime import datetime, timezone
 
 from ansible.module_utils.basic import missing_required_lib
 
@@ -35,6 +70,59 @@ else:
 
 MANIFEST, RUN_RECORD, UNTOUCHED = _stores.MANIFEST, _stores.RUN_RECORD, _stores.UNTOUCHED
 MULTIPART = 16 * 1024 * 1024
+# GetObjectLockConfiguration answers that mean "this bucket (or this server) has no Object Lock".
+NO_LOCK_CODES = ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration", "NotImplemented",
+                 "MethodNotAllowed", "501", "405")
+_UNKNOWN = object()
+
+
+def _error_of(exc):
+    """The botocore ClientError in ``exc`` or what it was raised from (boto3's transfer manager wraps
+    it in S3UploadFailedError), or None."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if boto3 is not None and isinstance(exc, botocore.exceptions.ClientError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def _code_and_message(error) -> tuple:
+    answer = error.response.get("Error", {}) if error is not None else {}
+    return str(answer.get("Code", "")), str(answer.get("Message", ""))
+
+
+def wants_lock_checksum(exc) -> bool:
+    """True when an upload failed because the bucket's Object Lock wants a checksum header."""
+    code, message = _code_and_message(_error_of(exc))
+    return code == "MissingUploadObjectWithObjectLockHeaders" or (
+        code == "InvalidRequest" and ("Content-MD5" in message or "x-amz-checksum" in message))
+
+
+def is_refusal(code: str, message: str) -> bool:
+    """True when a deletion's error says the server will not delete that object (Object Lock, a WORM
+    server, a bucket policy), rather than that something is broken."""
+    if code in ("AccessDenied", "ObjectLocked", "403"):
+        return True
+    text = message.lower()
+    words = ("worm", "object lock", "retention", "legal hold", "locked")
+    return code == "InvalidRequest" and any(word in text for word in words)
+
+
+def _utc(moment) -> datetime | None:
+    if isinstance(moment, datetime):
+        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    if isinstance(moment, str) and moment:
+        try:
+            return _utc(datetime.fromisoformat(moment.replace("Z", "+00:00")))
+        except ValueError:
+            return None
+    return None
+
+
+def _text(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class S3Store(_stores.Store):
@@ -79,6 +167,7 @@ class S3Store(_stores.Store):
         self.transfer = TransferConfig(multipart_threshold=MULTIPART, multipart_chunksize=MULTIPART,
                                        max_concurrency=4)
         self.extra = {"StorageClass": self.storage_class} if self.storage_class else {}
+        self._object_lock = _UNKNOWN
 
     def describe(self):
         return dict(type="s3", name=self.name, bucket=self.bucket, prefix=self.prefix,
@@ -187,9 +276,104 @@ class S3Store(_stores.Store):
                                   f"credentials have s3:DeleteObject. {UNTOUCHED}")
 
     def put_bytes(self, key, data, storage_class=True):
-        extra = self.extra if storage_class else {}
-        self.call(f"uploading s3://{self.bucket}/{key}", self.client.put_object, Bucket=self.bucket, Key=key,
-                  Body=data, **extra)
+        extra = dict(self.extra) if storage_class else {}
+
+        def send(checksum):
+            if checksum:
+                extra["ContentMD5"] = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+            return self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+        self.call(f"uploading s3://{self.bucket}/{key}", self._upload, send)
+
+    # -- Object Lock
+    def object_lock(self) -> bool | None:
+        """Whether the bucket has Object Lock enabled: True, False (not enabled, or a server without
+        it), None when that cannot be read (no s3:GetBucketObjectLockConfiguration). Asked once."""
+        if self._object_lock is _UNKNOWN:
+            try:
+                answer = self.client.get_object_lock_configuration(Bucket=self.bucket)
+            except botocore.exceptions.ClientError as exc:
+                self._object_lock = False if _code_and_message(exc)[0] in NO_LOCK_CODES else None
+            except botocore.exceptions.BotoCoreError:
+                self._object_lock = None
+            else:
+                config = answer.get("ObjectLockConfiguration") or {}
+                self._object_lock = config.get("ObjectLockEnabled") == "Enabled"
+        return self._object_lock
+
+    def _upload(self, send):
+        """``send(checksum)``: with a checksum header when the bucket has Object Lock; without one
+        otherwise, and once more with one when the server says its Object Lock wants it."""
+        checksum = self.object_lock() is True
+        try:
+            return send(checksum)
+        except Exception as exc:  # ClientError, or the transfer manager's wrapper of it
+            if checksum or not wants_lock_checksum(exc):
+                raise
+        self._object_lock = True
+        return send(True)
+
+    def _lock_of(self, keys, now: datetime | None = None) -> dict | None:
+        """``dict(reason, until)`` when one of ``keys`` is locked (a retention date still ahead, or a
+        legal hold), None otherwise or when the bucket has no Object Lock. An object whose lock
+        cannot be read (gone, or HEAD refused) counts as not locked: the deletion then says."""
+        if not keys or self.object_lock() is False:
+            return None
+        now = now or datetime.now(timezone.utc)
+        until, mode, holds = None, None, []
+
+        def head(key):
+            try:
+                return self.client.head_object(Bucket=self.bucket, Key=key)
+            except botocore.exceptions.ClientError as exc:
+                if _code_and_message(exc)[0] in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied"):
+                    return {}
+                raise
+        for key in sorted(keys):
+            answer = self.call(f"reading the Object Lock of s3://{self.bucket}/{key}", head, key)
+            if answer.get("ObjectLockLegalHoldStatus") == "ON":
+                holds.append(key.rsplit("/", 1)[-1] or key)
+            retain = _utc(answer.get("ObjectLockRetainUntilDate"))
+            if retain is not None and retain > now and (until is None or retain > until):
+                until, mode = retain, answer.get("ObjectLockMode")
+        if until is None and not holds:
+            return None
+        parts = []
+        if until is not None:
+            parts.append(f"Object Lock {mode + ' ' if mode else ''}until {_text(until)}")
+        if holds:
+            parts.append(f"Object Lock legal hold on {', '.join(holds[:3])}{' and more' if len(holds) > 3 else ''}")
+        return dict(reason="; ".join(parts), until=_text(until) if until is not None else None)
+
+    def deletion_refusal(self, name, now: datetime | None = None) -> dict | None:
+        """Why deleting ``name`` (a backup or an unfinished copy) would be refused, read from its
+        objects' Object Lock, as ``dict(reason, until)``; None when nothing there is locked."""
+        return self._lock_of(list(self.list_keys(self.key(name))), now)
+
+    def _delete_refusable(self, keys, what) -> list:
+        """Delete ``keys``; the ``(key, code, message)`` the server refused (``is_refusal``); any
+        other failure raises."""
+        refused = []
+        keys = sorted(keys)
+        for start in range(0, len(keys), 1000):
+            batch = keys[start:start + 1000]
+            try:
+                answer = self.client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": key} for key in batch], "Quiet": True})
+            except botocore.exceptions.ClientError as exc:
+                code, message = _code_and_message(exc)
+                if not is_refusal(code, message):
+                    raise self.explain(exc, what)
+                refused.extend((key, code, message) for key in batch)
+                continue
+            except botocore.exceptions.BotoCoreError as exc:
+                raise self.explain(exc, what)
+            for error in answer.get("Errors") or []:
+                code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+                if not is_refusal(code, message):
+                    raise GaleraError(f"{what}: the server refused to delete {error.get('Key')} ({code}: {message}). "
+                                      f"{UNTOUCHED}")
+                refused.append((error.get("Key"), code, message))
+        return refused
 
     # -- the primitives
     def _entries(self):
@@ -228,9 +412,12 @@ class S3Store(_stores.Store):
     def _send(self, local, name, rels):
         for rel in rels:
             key = self.key(name, rel)
-            self.call(f"uploading {rel} to s3://{self.bucket}/{key}", self.client.upload_file,
-                      os.path.join(local.path, rel), self.bucket, key, ExtraArgs=dict(self.extra) or None,
-                      Config=self.transfer)
+
+            def send(checksum, rel=rel, key=key):
+                extra = dict(self.extra, **({"ChecksumAlgorithm": "SHA256"} if checksum else {}))
+                return self.client.upload_file(os.path.join(local.path, rel), self.bucket, key, ExtraArgs=extra or None,
+                                               Config=self.transfer)
+            self.call(f"uploading {rel} to s3://{self.bucket}/{key}", self._upload, send)
 
     def _drop(self, name, rels):
         if rels:
@@ -257,6 +444,37 @@ class S3Store(_stores.Store):
                       self.key(name, rel), destination, Config=self.transfer)
 
     def _remove(self, name):
+        where = self.url(name)
+        keys = sorted(self.list_keys(self.key(name)))
+        lock = self._lock_of(keys)
+        if lock is not None:
+            raise GaleraError(f"{where} was not deleted: the destination refuses deletion ({lock['reason']}). It is "
+                              "whole and kept.", refused=True, whole=True, **lock)
+        manifest_key = self.key(name, MANIFEST)
+        manifest = self._read(name, MANIFEST) if manifest_key in keys else None
         # The manifest first: a backup whose deletion is cut short no longer counts.
-        self.delete_keys([self.key(name, MANIFEST)], f"deleting {self.url(name)}/{MANIFEST}")
-        self.delete_keys(self.list_keys(self.key(name)), f"deleting {self.url(name)}")
+        if manifest is not None:
+            refused = self._delete_refusable([manifest_key], f"deleting {where}/{MANIFEST}")
+            if refused:
+                raise self._refused(where, refused, "nothing was deleted; it is whole and kept", whole=True)
+        rest = [key for key in keys if key != manifest_key]
+        refused = self._delete_refusable(rest, f"deleting {where}")
+        if not refused:
+            return
+        if len(refused) < len(rest):
+            raise self._refused(where, refused, f"{len(rest) - len(refused)} of its {len(rest)} other objects "
+                                f"{'and its ' + MANIFEST + ' ' if manifest is not None else ''}were deleted, so it "
+                                f"no longer counts as a backup; the {len(refused)} refused stay under {where}/: "
+                                "delete them by hand once the server allows it", whole=False)
+        if manifest is not None:
+            self.put_bytes(manifest_key, manifest)  # nothing else went: whole again, and counted
+            raise self._refused(where, refused, f"its {MANIFEST} was put back; it is whole and kept", whole=True)
+        raise self._refused(where, refused, "nothing was deleted; it is kept", whole=True)
+
+    def _refused(self, where, refused, outcome, whole):
+        key, code, message = refused[0]
+        reason = (f"{code}: {message or 'no message'}" + (f", for {len(refused)} objects" if len(refused) > 1 else ""))
+        if code in ("AccessDenied", "403") and "lock" not in message.lower():
+            reason += "; an Object Lock, a bucket policy, or credentials without s3:DeleteObject"
+        return GaleraError(f"{where}: the server refused to delete {key} ({reason}): {outcome}.", refused=True,
+                           whole=whole, reason=reason, until=None)

@@ -36,21 +36,31 @@ description:
     manifest names another C(sha256)).
   - While a copy is unfinished it carries a run record C(.run.json) (cluster name and state uuid, backup
     id, host, process, start time), written first and removed when the copy is complete.
-  - With O(keep), applies retention at the destination once the copy is verified, to the backups of the
-    same cluster found there, chain-aware (an incremental backup is kept with every backup its chain
-    needs, up to the full backup). Only what provably belongs to the cluster is ever deleted, see
-    O(keep) and O(partial_margin).
+  - With O(keep), O(max_age) or O(keep_tiers), applies retention at the destination once the copy is
+    verified, to the backups of the same cluster found there, chain-aware (a kept incremental backup is
+    kept with every backup its chain needs, up to the full backup). Only what provably belongs to the
+    cluster is ever deleted, see O(keep) and O(partial_margin). RV(reasons) says why each kept backup
+    stays.
+  - "A destination that refuses to delete a backup (an S3 bucket with Object Lock, with a retention period or a
+    legal hold on its objects) does not fail the run. The backup is kept whole, with the backups its chain
+    needs, and reported in RV(refused), RV(problems) and a warning that says C(kept: the destination refuses
+    deletion) and why, for example C(Object Lock COMPLIANCE until 2026-12-18T03:01:10Z). Each run asks again,
+    once; the first run after the lock has passed deletes it."
 author:
   - dbtools.galera developers (@dbtools)
 extends_documentation_fragment:
+  - dbtools.galera._retention
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
     details: Reads the destination (an existing copy is verified, which reads it whole) and reports
-      what would be copied, repaired and removed; changes nothing.
+      what would be copied, repaired and removed, and why each kept backup stays; changes nothing. A deletion
+      that an S3 Object Lock would refuse is foreseen (the objects' lock is read) and reported as kept.
   diff_mode:
-    support: none
+    support: full
+    details: With retention, before and after lists of the cluster's backups and unfinished copies at the
+      destination, then one line per backup saying why it is kept (the rules) or removed.
   platform:
     platforms: posix
 options:
@@ -155,9 +165,9 @@ options:
   keep:
     description:
       - Retention at the destination after the copy verified. The O(keep) newest restorable backups of the
-        backup's cluster found there are kept, with every backup their chains need; the other backups of
-        that cluster are deleted there. The newest restorable backup is always kept, and so is the backup
-        this run copied.
+        backup's cluster found there are kept, with every backup their chains need, and so is every backup
+        that O(max_age) or O(keep_tiers) keeps; the other backups of that cluster are deleted there. The
+        newest restorable backup is always kept, and so is the backup this run copied.
       - A backup there is the cluster's only when its name is a backup id of the cluster and its
         C(manifest.json) names the same cluster name and the same cluster state uuid (see O(cluster_uuid)).
         Anything else at the destination (other clusters, other files and prefixes such as C(prod_logs/))
@@ -168,7 +178,7 @@ options:
         and is older than O(partial_margin), or was written on this host by a process that has ended. One
         without a valid run record is reported and never deleted; one whose process still runs is left alone
         (RV(in_flight)).
-      - Default, no retention at the destination.
+      - Default, no retention at the destination when neither O(max_age) nor O(keep_tiers) is given either.
     type: int
   cluster_uuid:
     description:
@@ -194,6 +204,16 @@ notes:
   - Verification reads the whole copy at the destination, on every run (also when nothing is copied).
   - Names alone never prove whose a backup is (cluster names may contain C(_)); the manifest or the run
     record inside decides.
+  - "S3 and Object Lock: uploads to a bucket with Object Lock carry a checksum (C(Content-MD5), or
+    C(x-amz-checksum-sha256) for multipart uploads), as S3 requires when a default retention applies.
+    Retention deletes a backup only when none of its objects is locked (their C(ObjectLockRetainUntilDate) has
+    passed and no legal hold is on): on a versioned bucket a plain delete only adds a delete marker and the
+    locked data stays, billed, so hiding it would only make a backup that still exists invisible. Deletion
+    never removes object versions; add a lifecycle rule (C(NoncurrentVersionExpiration)) to the bucket to
+    free the space of deleted backups. Reading the lock needs C(s3:GetBucketObjectLockConfiguration),
+    C(s3:GetObjectRetention) and C(s3:GetObjectLegalHold); without them a refused deletion is still reported
+    (and, when the manifest was already deleted and no data object was, the manifest is put back so the
+    backup stays whole)."
 seealso:
   - module: dbtools.galera.galera_backup_info
   - module: dbtools.galera.galera_backup_prune
@@ -213,6 +233,19 @@ EXAMPLES = r"""
       bwlimit: 51200
     keep: 7
     name: backup1
+
+- name: Copy it to a bucket with Object Lock, keeping a week of dailies, 8 weeklies and 24 monthlies there
+  dbtools.galera.galera_backup_copy:
+    src: "/var/backups/galera/{{ backup_id }}"
+    dest:
+      type: s3
+      bucket: galera-backups-locked
+      access_key: "{{ vault_s3_access_key }}"
+      secret_key: "{{ vault_s3_secret_key }}"
+    keep_tiers:
+      daily: 7
+      weekly: 8
+      monthly: 24
 
 - name: Copy it to an S3-compatible bucket too
   dbtools.galera.galera_backup_copy:
@@ -302,11 +335,34 @@ in_flight:
   elements: str
   sample: []
 kept:
-  description: The backup ids of the cluster kept at the destination by retention (empty without O(keep)).
+  description: The backup ids of the cluster kept at the destination by retention (empty without retention).
   returned: always
   type: list
   elements: str
   sample: ["dbtools_galera-node3_20261124T030000Z", "dbtools_galera-node3_20261125T030000Z"]
+reasons:
+  description: For each backup kept at the destination, the rules that keep it, comma-separated (as
+    M(dbtools.galera.galera_backup_prune) returns them; C(copied by this run) for this run's backup, C(the
+    destination refuses deletion) and why for a refused one). Empty without retention.
+  returned: always
+  type: dict
+  sample: {"dbtools_galera-node3_20261125T030000Z": "newest restorable, keep 1 of 7, daily 2026-11-25, copied by this run"}
+refused:
+  description: The backups (and unfinished copies) of the cluster retention would have deleted but the destination
+    refuses to (S3 Object Lock), each with the reason and the lock's end (C(until), null when unknown or a legal hold).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"id": "dbtools_galera-node3_20261118T030000Z", "reason": "Object Lock COMPLIANCE until 2026-12-18T03:01:10Z",
+            "until": "2026-12-18T03:01:10Z"}]
+oldest_kept:
+  description: Per cluster state uuid, the oldest restorable backup kept at the destination, with its times and
+    position (see M(dbtools.galera.galera_backup_prune)'s RV(dbtools.galera.galera_backup_prune#module:oldest_kept)).
+    Empty without retention.
+  returned: always
+  type: list
+  elements: dict
+  sample: []
 excluded:
   description: Files of the backup directory that C(SHA256SUMS) does not list, which were not copied.
   returned: always
@@ -354,6 +410,7 @@ def argument_spec():
             required_if=[("type", "ssh", ("host", "path")), ("type", "s3", ("bucket",)), ("type", "local", ("path",))],
         ),
         keep=dict(type="int"),
+        **_retention.retention_argument_spec(),
         name=dict(type="str"),
         cluster_uuid=dict(type="str"),
         partial_margin=dict(type="int", default=_retention.DEFAULT_MARGIN),

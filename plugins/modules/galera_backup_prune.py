@@ -11,11 +11,17 @@ version_added: 0.2.0
 description:
   - Applies retention to the backups of one cluster in a backup directory written by the
     P(dbtools.galera.galera_backup#role) role.
-  - Keeps the O(keep) newest restorable backups together with every backup their chains need (the
-    full backup and the incremental backups in between), so the newest restorable backup is always
-    kept. Every other backup of the cluster is removed.
-  - An incremental backup whose chain is broken (a backup it needs is missing) cannot be restored.
-    It is removed when it is older than the oldest kept backup, kept and reported otherwise.
+  - Keeps every restorable backup that a retention rule keeps, together with every backup its chain
+    needs (the full backup and the incremental backups in between). The rules are O(keep) (the newest
+    backups), O(max_age) (the young ones) and O(keep_tiers) (calendar tiers hourly, daily, weekly,
+    monthly, yearly); a backup is kept when any rule keeps it. The newest restorable backup is always
+    kept. Every other backup of the cluster is removed. Give at least one rule.
+  - Only restorable backups count for the rules. An incremental backup whose chain is broken (a backup
+    it needs is missing) cannot be restored. It is removed when it is older than the oldest kept
+    backup, kept and reported otherwise.
+  - RV(reasons) says, for each kept backup, which rules keep it (for example C(daily 2026-11-30,
+    weekly 2026-W48) or C(chain of <id>)); check mode and diff mode show the same before anything is
+    removed.
   - Also removes the cluster's failed-run records C(<id>.failed.json) that are older than the oldest
     kept backup; the newest failed record of the cluster is always kept.
   - Only what provably is the cluster's is deleted. A backup, when its name is a backup id of the
@@ -33,14 +39,16 @@ description:
 author:
   - dbtools.galera developers (@dbtools)
 extends_documentation_fragment:
+  - dbtools.galera._retention
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
-    details: Reports what would be removed and removes nothing.
+    details: Reports what would be removed, and why each kept backup stays (RV(reasons)); removes nothing.
   diff_mode:
     support: full
-    details: Before and after lists of the cluster's backup ids, unfinished backups and failed-run records.
+    details: Before and after lists of the cluster's backup ids, unfinished backups and failed-run records,
+      then one line per backup saying why it is kept (the rules) or removed.
   platform:
     platforms: posix
 options:
@@ -53,14 +61,15 @@ options:
     type: str
     required: true
   keep:
-    description: How many restorable backups to keep, newest first, at least V(1).
+    description:
+      - How many restorable backups to keep, newest first, at least V(1).
+      - Optional when O(max_age) or O(keep_tiers) is given; give at least one of the three.
     type: int
-    required: true
   cluster_uuid:
     description:
       - The cluster state uuid (C(wsrep_cluster_state_uuid)) whose backups may be deleted. Backups of the
         same cluster name with another state uuid are kept and reported in RV(problems).
-      - Default, every state uuid of the cluster name, each pruned apart (O(keep) of each).
+      - Default, every state uuid of the cluster name, each pruned apart (the rules apply to each).
     type: str
   partial_margin:
     description:
@@ -72,6 +81,8 @@ options:
 notes:
   - A backup is removed by deleting its C(manifest.json) first, so a removal cut short leaves a
     directory that no longer counts as a backup rather than a damaged backup that does.
+  - A future binlog archive (point-in-time recovery) needs the binary logs from the oldest kept backup's
+    position on; RV(oldest_kept) says where that is.
 seealso:
   - module: dbtools.galera.galera_backup_info
 """
@@ -83,6 +94,16 @@ EXAMPLES = r"""
     cluster: dbtools
     keep: 3
 
+- name: Keep two days of backups, then one a day for a week, one a week for a month, one a month for a year
+  dbtools.galera.galera_backup_prune:
+    path: /var/backups/galera
+    cluster: dbtools
+    max_age: 172800
+    keep_tiers:
+      daily: 7
+      weekly: 4
+      monthly: 12
+
 - name: Show what retention would remove
   dbtools.galera.galera_backup_prune:
     path: /var/backups/galera
@@ -92,9 +113,9 @@ EXAMPLES = r"""
   diff: true
   register: would
 
-- name: Print the ids
+- name: Print the ids, and why the others stay
   ansible.builtin.debug:
-    msg: "would remove {{ would.removed }}"
+    msg: "would remove {{ would.removed }}; kept: {{ would.reasons }}"
 """
 
 RETURN = r"""
@@ -128,6 +149,32 @@ in_flight:
   type: list
   elements: str
   sample: []
+reasons:
+  description: For each kept backup id, the rules that keep it, comma-separated. C(newest restorable),
+    C(keep 2 of 7), C(max_age) with the backup's age, a tier and its period (C(hourly 2026-11-30T14Z), C(daily 2026-11-30),
+    C(weekly 2026-W48), C(monthly 2026-11), C(yearly 2026)), C(chain of <id>) (a kept backup needs it), or why a
+    backup that cannot be restored is kept.
+  returned: always
+  type: dict
+  sample: {"dbtools_galera-node3_20261124T030000Z": "daily 2026-11-24, weekly 2026-W48",
+           "dbtools_galera-node3_20261125T030000Z": "newest restorable, keep 1 of 3, daily 2026-11-25"}
+oldest_kept:
+  description:
+    - Per cluster (name and state uuid), the oldest kept restorable backup, with its times and C(position)
+      as its manifest records it (Galera C(uuid:seqno), LSNs, binlog). Empty when nothing restorable is kept.
+    - A binlog archive (point-in-time recovery) needs the binary logs from that position on, and no older ones.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"cluster": "dbtools", "cluster_uuid": "0a9b96b8-e84e-11f1-8837-e61f78bb5eef",
+            "id": "dbtools_galera-node3_20261124T030000Z", "started_at": "2026-11-24T03:00:00Z",
+            "finished_at": "2026-11-24T03:12:40Z",
+            "position": {"galera": "0a9b96b8-e84e-11f1-8837-e61f78bb5eef:1234", "seqno": 1234, "to_lsn": 99812}}]
+policy:
+  description: The retention policy applied (rules not given are null).
+  returned: always
+  type: dict
+  sample: {"keep": 3, "max_age": null, "hourly": null, "daily": 7, "weekly": 4, "monthly": 12, "yearly": null}
 broken:
   description: The ids of the cluster's backups that cannot be restored (a backup of their chain is missing).
   returned: always
@@ -151,7 +198,8 @@ def main():
         dict(
             path=dict(type="path", required=True),
             cluster=dict(type="str", required=True),
-            keep=dict(type="int", required=True),
+            keep=dict(type="int"),
+            **_retention.retention_argument_spec(),
             cluster_uuid=dict(type="str"),
             partial_margin=dict(type="int", default=_retention.DEFAULT_MARGIN),
         ),
@@ -159,14 +207,13 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    if p["keep"] < 1:
-        module.fail_json(msg=f"keep must be at least 1, got {p['keep']}: retention always keeps the newest "
-                             "restorable backup. Nothing was deleted.")
     if p["partial_margin"] < 0:
         module.fail_json(msg=f"partial_margin must not be negative, got {p['partial_margin']}. Nothing was deleted.")
 
     def work():
-        result = _retention.prune(p["path"], p["cluster"], p["keep"], module.check_mode, state_uuid=p["cluster_uuid"],
+        policy = _retention.policy_from_options(p["keep"], p["keep_tiers"], p["max_age"],
+                                                untouched="Nothing was deleted.")
+        result = _retention.prune(p["path"], p["cluster"], policy, module.check_mode, state_uuid=p["cluster_uuid"],
                                   margin=p["partial_margin"], diff=module._diff)
         if not result.pop("exists"):
             module.warn(f"{p['path']} does not exist: there is nothing to prune. Nothing was deleted.")

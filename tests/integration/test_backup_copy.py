@@ -335,3 +335,51 @@ def test_retention_leaves_foreign_objects_and_removes_only_proven_leftovers(lab,
 
 def store_dirs_at(lab, path: str) -> list:
     return sorted(lab.store(f"ls -1 {path}", check=False).stdout.split())
+
+
+def test_s3_object_lock_refuses_retention_and_the_run_reports_it(lab):
+    """A bucket with Object Lock and a default retention (COMPLIANCE, 1 day): the copies upload (S3
+    wants a checksum header with each upload there), and retention keeps the locked backups whole,
+    reporting each as refused, instead of failing the run or hiding them behind delete markers."""
+    bucket = "dbtools-locked"
+    client = lab.s3_client()
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    client.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}}})
+    older, old, new = bid(1, host="lock"), bid(2, host="lock"), bid(3, host="lock")
+    for day, backup in ((1, older), (2, old), (3, new)):
+        lab.make_backup(backup, ts(day))
+    dest = lab.s3_dest(bucket=bucket, prefix="locked/")
+    for backup in (older, old):
+        result, _out = lab.copy(backup, dest)
+        assert not result.get("failed"), result.get("msg")
+        assert result["verified"] is True
+    head = client.head_object(Bucket=bucket, Key=f"locked/{older}/manifest.json")
+    assert head.get("ObjectLockMode") == "COMPLIANCE" and head.get("ObjectLockRetainUntilDate")
+
+    def snapshot():
+        out = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="locked/"):
+            for item in page.get("Contents", []):
+                name, _sep, rel = item["Key"][len("locked/"):].partition("/")
+                out.setdefault(name, set()).add(rel)
+        return out
+
+    would, _out = lab.copy(new, dest, keep=1, check_mode=True)
+    assert not would.get("failed"), would.get("msg")
+    assert would["removed"] == [] and sorted(would["kept"]) == sorted([older, old, new])
+    before = snapshot()
+    assert set(before) == {older, old}
+
+    result, _out = lab.copy(new, dest, keep=1)
+    assert not result.get("failed"), result.get("msg")
+    assert result["removed"] == [] and sorted(result["kept"]) == sorted([older, old, new])
+    for backup in (older, old):
+        text = [p for p in result["problems"] if backup in p]
+        assert len(text) == 1 and "kept: the destination refuses deletion (Object Lock COMPLIANCE until " in text[0]
+        assert any(backup in w and "refuses deletion" in w for w in result.get("warnings", []))
+    after = snapshot()
+    assert after[older] == before[older] and after[old] == before[old]   # whole, manifest included
+    assert "manifest.json" in after[new]
+    again, _out = lab.copy(new, dest, keep=1)   # asked again, once, still refused: not a failure
+    assert not again.get("failed") and again["changed"] is False and again["removed"] == []

@@ -199,7 +199,7 @@ def test_restorable_refuses_loops_and_mismatched_chains():
 def test_keep_one_when_newest_is_incremental_keeps_the_whole_chain():
     older = manifest(80)
     full, inc1, inc2 = chain_fixture()
-    plan = _catalog.plan_retention([older, full, inc1, inc2], keep=1)
+    plan = _catalog.plan_retention([older, full, inc1, inc2], 1)
     assert plan["keep"] == [full["id"], inc1["id"], inc2["id"]]
     assert plan["remove"] == [older["id"]]
     assert plan["broken"] == []
@@ -209,11 +209,11 @@ def test_keep_counts_restorable_backups_not_chains():
     full, inc1, inc2 = chain_fixture()
     full2 = manifest(20)
     inc3 = incremental(10, full2)
-    plan = _catalog.plan_retention([full, inc1, inc2, full2, inc3], keep=2)
+    plan = _catalog.plan_retention([full, inc1, inc2, full2, inc3], 2)
     # the 2 newest are inc3 and full2; nothing else is needed
     assert plan["keep"] == ids(full2, inc3) and plan["keep"] == [full2["id"], inc3["id"]]
     assert plan["remove"] == [full["id"], inc1["id"], inc2["id"]]
-    plan = _catalog.plan_retention([full, inc1, inc2, full2, inc3], keep=3)
+    plan = _catalog.plan_retention([full, inc1, inc2, full2, inc3], 3)
     assert plan["keep"] == [full["id"], inc1["id"], inc2["id"], full2["id"], inc3["id"]]
     assert plan["remove"] == []
 
@@ -225,7 +225,7 @@ def test_retention_removes_old_broken_keeps_new_broken():
     full = manifest(50)
     orphan_new = manifest(10, "incremental", parent=make_id(stamp(20)),
                           chain=[make_id(stamp(20)), make_id(stamp(10))])
-    plan = _catalog.plan_retention([old_full, orphan_old, full, orphan_new], keep=1)
+    plan = _catalog.plan_retention([old_full, orphan_old, full, orphan_new], 1)
     assert plan["broken"] == [orphan_old["id"], orphan_new["id"]]
     assert plan["remove"] == [old_full["id"], orphan_old["id"]]
     assert plan["keep"] == [full["id"], orphan_new["id"]]
@@ -233,14 +233,16 @@ def test_retention_removes_old_broken_keeps_new_broken():
 
 def test_retention_never_removes_when_nothing_is_restorable():
     orphan = manifest(10, "incremental", parent=make_id(stamp(20)), chain=[make_id(stamp(20)), make_id(stamp(10))])
-    plan = _catalog.plan_retention([orphan], keep=1)
-    assert plan == {"keep": [orphan["id"]], "remove": [], "broken": [orphan["id"]]}
+    plan = _catalog.plan_retention([orphan], 1)
+    assert (plan["keep"], plan["remove"], plan["broken"]) == ([orphan["id"]], [], [orphan["id"]])
+    assert "its cluster has no restorable backup" in plan["reasons"][orphan["id"]][0]
+    assert plan["oldest_kept"] == []
 
 
 def test_retention_is_per_cluster():
     a_old, a_new = manifest(50, cluster="alpha"), manifest(10, cluster="alpha")
     b_old, b_new = manifest(49, cluster="beta"), manifest(48, cluster="beta")
-    plan = _catalog.plan_retention([a_old, a_new, b_old, b_new], keep=1)
+    plan = _catalog.plan_retention([a_old, a_new, b_old, b_new], 1)
     assert set(plan["keep"]) == {a_new["id"], b_new["id"]}
     assert set(plan["remove"]) == {a_old["id"], b_old["id"]}
 
@@ -252,7 +254,7 @@ def test_retention_groups_by_cluster_name_and_state_uuid():
     for m in (b_old, b_new):
         m["cluster"] = dict(m["cluster"], state_uuid="uuid-twin")
         m["position"] = dict(m["position"], cluster_uuid="uuid-twin")
-    plan = _catalog.plan_retention([a_old, a_new, b_old, b_new], keep=1)
+    plan = _catalog.plan_retention([a_old, a_new, b_old, b_new], 1)
     assert set(plan["keep"]) == {a_new["id"], b_new["id"]}
     assert set(plan["remove"]) == {a_old["id"], b_old["id"]}
     assert _catalog.newest_good([a_old, a_new, b_old, b_new], "my_wsrep_cluster", cluster_uuid="uuid-twin")["id"] == b_new["id"]
@@ -271,14 +273,15 @@ def test_old_and_new_ids_are_read_and_dated(tmp_path, backup_id):
 
 def test_retention_rejects_keep_below_one():
     with pytest.raises(ValueError):
-        _catalog.plan_retention([manifest(1)], keep=0)
+        _catalog.plan_retention([manifest(1)], 0)
 
 
 def test_retention_ignores_partial_ids():
     full = manifest(10)
     partial = dict(manifest(1), id=make_id(stamp(1)) + ".partial")
-    plan = _catalog.plan_retention([full, partial], keep=1)
-    assert plan == {"keep": [full["id"]], "remove": [], "broken": []}
+    plan = _catalog.plan_retention([full, partial], 1)
+    assert (plan["keep"], plan["remove"], plan["broken"]) == ([full["id"]], [], [])
+    assert plan["reasons"] == {full["id"]: ["newest restorable", "keep 1 of 1"]}
 
 
 def test_newest_good_skips_broken_and_filters_cluster():
@@ -494,8 +497,11 @@ def run_module(name, args, check=False, diff=False):
     env = dict(os.environ, PYTHONPATH=COLLECTIONS)
     proc = subprocess.run([sys.executable, "-m", f"ansible_collections.dbtools.galera.plugins.modules.{name}"],
                           input=json.dumps({"ANSIBLE_MODULE_ARGS": args}), capture_output=True, text=True,
-                          env=env, timeout=60, check=False)
-    return json.loads(proc.stdout)
+                          env=env, timeout=120, check=False)
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"no JSON from {name}: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
 
 
 def test_info_module_reads_and_fails_on_request(tmp_path):

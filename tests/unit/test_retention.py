@@ -309,3 +309,317 @@ def test_sweep_local_partials_removes_only_proven_abandoned_runs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([young + ".partial", theirs + ".partial",
                                                                  bare + ".partial", "prod_logs"])
     assert _retention.sweep_local_partials(str(tmp_path / "absent"), "prod", UUID) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Policies (keep, max_age, tiers) through the store-level plan
+
+def daily(days_ago, hour=3, node="db1", kind="full", parent=None, chain=None):
+    moment = (NOW - timedelta(days=days_ago)).replace(hour=hour, minute=0, second=0)
+    backup_id = _manifest.backup_id("prod", node, moment, "0123abcd")
+    hours_ago = (NOW - moment).total_seconds() / 3600
+    return backup_id, manifest(backup_id, hours_ago, type=kind, parent=parent, chain=chain or [backup_id])
+
+
+def test_tiers_reasons_and_oldest_kept_through_a_store():
+    listing = dict(manifests={}, partials={})
+    ids = []
+    for days_ago in (40, 20, 9, 8, 2, 1):
+        backup_id, m = daily(days_ago)
+        listing["manifests"][backup_id] = m
+        ids.append(backup_id)
+    store = FakeStore(listing)
+    planned = run(store, keep=dict(daily=2, monthly=2), protect=[ids[-1]])
+    # 2026-11-21 (20 days ago) is November's newest but for 2026-11-29/30; the two newest days; October's.
+    assert planned["kept"] == [ids[0], ids[4], ids[5]]
+    assert planned["reasons"][ids[5]] == ["newest restorable", "daily 2026-11-30", "monthly 2026-11",
+                                          "copied by this run"]
+    assert planned["reasons"][ids[0]] == ["monthly 2026-10"]
+    assert planned["remove"] == [ids[3], ids[2], ids[1]]
+    assert planned["remove_reasons"][ids[1]].startswith("no retention rule keeps it")
+    assert planned["oldest_kept"] == [dict(cluster="prod", cluster_uuid=UUID, id=ids[0], started_at=None,
+                                           finished_at=listing["manifests"][ids[0]]["finished_at"], position={})]
+    assert store.deleted == [ids[3], ids[2], ids[1]]
+    lines = _retention.plan_lines(planned, check_mode=False)
+    assert f"- {ids[1]}  removed: no retention rule keeps it" in lines
+    assert f"  {ids[0]}  kept: monthly 2026-10\n" in lines
+
+
+def test_a_policy_needs_a_rule_and_says_which_option_is_wrong():
+    with pytest.raises(_retention.GaleraError, match="give keep, max_age or keep_tiers.*Nothing was deleted"):
+        _retention.policy_from_options(None, {"daily": 0}, None, untouched="Nothing was deleted.")
+    with pytest.raises(_retention.GaleraError, match="keep_tiers.weekly must be an integer of at least 0"):
+        _retention.policy_from_options(3, {"weekly": -1}, None)
+    with pytest.raises(_retention.GaleraError, match="unknown tier.*\\$\\(id\\)"):
+        _retention.policy_from_options(3, {"$(id)": 1}, None)
+    assert _retention.policy_from_options(None, None, None, required=False) is None
+    assert _retention.policy_from_options(None, {"daily": None}, None, required=False) is None
+    assert _retention.policy_from_options(5, {}, None, required=False)["keep"] == 5
+    with pytest.raises(_retention.GaleraError, match="no retention rule"):
+        run(FakeStore(dict(manifests={}, partials={})), keep={})
+
+
+# ---------------------------------------------------------------------------------------------
+# A store that refuses deletions (S3 Object Lock): kept whole, reported, never fatal
+
+class LockedStore(FakeStore):
+    """A FakeStore whose ``locked`` names are refused like S3Store refuses a locked backup; it can
+    tell beforehand (``deletion_refusal``) unless ``foresee`` is False."""
+
+    def __init__(self, listing, locked, staging_suffix=".partial", foresee=True, whole=True):
+        super().__init__(listing, staging_suffix)
+        self.locked, self.whole, self.attempts = dict(locked), whole, []
+        if not foresee:
+            self.deletion_refusal = None
+
+    def deletion_refusal(self, name):  # pylint: disable=method-hidden
+        until = self.locked.get(name)
+        return None if until is None else dict(reason=f"Object Lock COMPLIANCE until {until}", until=until)
+
+    def _remove(self, name):
+        self.attempts.append(name)
+        if name in self.locked:
+            raise _retention.GaleraError(f"{name}: refused", refused=True, whole=self.whole,
+                                         reason=f"Object Lock COMPLIANCE until {self.locked[name]}",
+                                         until=self.locked[name])
+        super()._remove(name)
+        self.listing["manifests"].pop(name, None)
+        self.listing["partials"].pop(name, None)
+
+
+def chain_listing():
+    """An old chain (full, incremental), an old full backup and a new one: keep=1 removes the first three."""
+    old_full, m_old_full = daily(10)
+    old_inc, m_old_inc = daily(9, kind="incremental", parent=old_full, chain=[old_full, daily(9)[0]])
+    lone, m_lone = daily(5)
+    new, m_new = daily(1)
+    listing = dict(manifests={old_full: m_old_full, old_inc: m_old_inc, lone: m_lone, new: m_new}, partials={})
+    return listing, (old_full, old_inc, lone, new)
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_a_refused_deletion_keeps_the_backup_and_its_chain_and_the_run_goes_on(check_mode):
+    listing, (old_full, old_inc, lone, new) = chain_listing()
+    store = LockedStore(listing, {old_inc: "2026-12-15T00:00:00Z"})
+    planned = run(store, keep=1, check_mode=check_mode)
+    assert planned["remove"] == [lone]
+    assert planned["kept"] == [old_full, old_inc, new]
+    assert planned["refused"] == [dict(id=old_inc, reason="Object Lock COMPLIANCE until 2026-12-15T00:00:00Z",
+                                       until="2026-12-15T00:00:00Z")]
+    assert planned["reasons"][old_inc] == ["the destination refuses deletion (Object Lock COMPLIANCE until "
+                                           "2026-12-15T00:00:00Z)"]
+    assert planned["reasons"][old_full] == [f"chain of {old_inc}, which the destination refuses to delete"]
+    assert f"fake://store/{old_inc}: kept: the destination refuses deletion (Object Lock COMPLIANCE until " \
+           "2026-12-15T00:00:00Z)" in planned["problems"]
+    # The full backup of the refused incremental was never tried: the chain stays whole.
+    assert store.attempts == ([] if check_mode else [lone, old_inc])
+    assert store.deleted == ([] if check_mode else [lone])
+    assert "kept: chain of" in _retention.plan_lines(planned, check_mode)
+
+
+def test_without_foresight_check_mode_says_removed_and_the_real_run_still_keeps_it():
+    listing, (old_full, old_inc, lone, _new) = chain_listing()
+    store = LockedStore(listing, {old_full: "2026-12-15T00:00:00Z"}, foresee=False)
+    assert run(store, keep=1, check_mode=True)["remove"] == [lone, old_inc, old_full]
+    planned = run(store, keep=1)
+    assert planned["remove"] == [lone, old_inc] and old_full in planned["kept"]
+    assert [r["id"] for r in planned["refused"]] == [old_full]
+    again = run(store, keep=1)   # the next run asks once more, and only about what is left
+    assert again["remove"] == [] and store.attempts == [lone, old_inc, old_full, old_full]
+
+
+def test_a_partly_deleted_backup_no_longer_counts_and_is_reported():
+    listing, (old_full, old_inc, lone, _new) = chain_listing()
+    store = LockedStore(listing, {lone: None}, whole=False)
+    store.locked = {lone: "2026-12-15T00:00:00Z"}
+    store.deletion_refusal = None
+    planned = run(store, keep=1)
+    assert planned["remove"] == [lone, old_inc, old_full] and planned["refused"] == []
+    assert f"fake://store/{lone} was only partly deleted: {lone}: refused" in planned["problems"]
+
+
+def test_a_refused_unfinished_copy_is_reported_and_kept():
+    mine = bid(30, node="db4")
+    store = LockedStore(dict(manifests={}, partials={mine: record(mine, 30, host="other-host")}),
+                        {mine: "2026-12-15T00:00:00Z"}, staging_suffix="")
+    planned = run(store)
+    assert planned["remove_partial"] == [] and planned["refused"][0]["id"] == mine
+    assert any("kept: the destination refuses deletion" in p for p in planned["problems"])
+
+
+def test_any_other_deletion_failure_still_fails_naming_what_went():
+    listing, (_old_full, old_inc, lone, _new) = chain_listing()
+    store = LockedStore(listing, {})
+
+    def broken(name):
+        if name == old_inc:
+            raise _retention.GaleraError("cannot delete: connection reset.")
+        store.deleted.append(name)
+    store._remove = broken
+    with pytest.raises(_retention.GaleraError, match=f"Deleted before it: {lone}; nothing after it"):
+        run(store, keep=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 with Object Lock (moto, in process): uploads work, locked backups are kept whole
+
+def s3_store(monkeypatch, lock=True, retention=None):
+    from ansible_collections.dbtools.galera.plugins.module_utils._store_s3 import S3Store
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    store = S3Store(dict(bucket="locked-backups", prefix="galera/", region="us-east-1", access_key="test",
+                         secret_key="test-secret"))
+    store.client.create_bucket(Bucket="locked-backups", ObjectLockEnabledForBucket=lock)
+    if retention:
+        store.client.put_object_lock_configuration(Bucket="locked-backups", ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": retention, "Days": 1}}})
+    return store
+
+
+def put_backups(store, tmp_path, hours=(72, 48, 24)):
+    """Backups of cluster prod made ``hours`` ago, copied to ``store``; their ids, oldest first."""
+    from stores_helpers import make_backup  # pylint: disable=import-error,import-outside-toplevel
+    ids = []
+    for hours_ago in hours:
+        moment = datetime.now(timezone.utc) - timedelta(hours=hours_ago)
+        backup_id = _manifest.backup_id("prod", "db1", moment, "0123abcd")
+        directory, _m = make_backup(tmp_path / "src", backup_id, cluster="prod", state_uuid=UUID,
+                                    finished=moment.strftime("%Y-%m-%dT%H:%M:%SZ"), size=500)
+        store.put(_stores.LocalBackup(directory))
+        ids.append(backup_id)
+    return ids
+
+
+def objects(store) -> dict:
+    out = {}
+    for key in store.list_keys("galera/"):
+        name, _sep, rel = key[len("galera/"):].partition("/")
+        out.setdefault(name, set()).add(rel)
+    return out
+
+
+@pytest.fixture
+def moto():
+    from moto import mock_aws  # pylint: disable=import-outside-toplevel
+    with mock_aws():
+        yield
+
+
+def s3_run(store, keep=1, check_mode=False):
+    return _retention.run(store, "prod", keep, check_mode, state_uuid=UUID, margin=MARGIN)
+
+
+@pytest.mark.parametrize("mode", ["COMPLIANCE", "GOVERNANCE"])
+def test_s3_default_retention_uploads_and_refuses_retention_whole(moto, tmp_path, monkeypatch, mode):
+    store = s3_store(monkeypatch, retention=mode)
+    ids = put_backups(store, tmp_path)
+    before = objects(store)
+    assert set(before) == set(ids) and all("manifest.json" in rels for rels in before.values())
+    for check_mode in (True, False):
+        planned = s3_run(store, check_mode=check_mode)
+        assert planned["remove"] == [] and planned["kept"] == ids
+        assert [r["id"] for r in planned["refused"]] == [ids[1], ids[0]]
+        reason = planned["refused"][0]["reason"]
+        assert reason.startswith(f"Object Lock {mode} until ") and planned["refused"][0]["until"] in reason
+        assert planned["problems"] == [
+            f"s3://locked-backups/galera/{r['id']}: kept: the destination refuses deletion ({r['reason']})"
+            for r in planned["refused"]]
+        assert objects(store) == before   # every object of every backup is still there
+
+
+def test_s3_upload_retries_with_a_checksum_when_the_lock_cannot_be_read(moto, tmp_path, monkeypatch):
+    store = s3_store(monkeypatch, retention="COMPLIANCE")
+    sent = []
+    real_put = store.client.put_object
+
+    def denied(**_kw):
+        raise botocore_error("AccessDenied", "Access Denied")
+
+    def put_object(**kw):
+        sent.append("ContentMD5" in kw or "ChecksumAlgorithm" in kw)
+        return real_put(**kw)
+    monkeypatch.setattr(store.client, "get_object_lock_configuration", denied)
+    monkeypatch.setattr(store.client, "put_object", put_object)
+    ids = put_backups(store, tmp_path, hours=(24,))
+    assert store.object_lock() is True   # learnt from the server's answer
+    assert sent[0] is False and sent[1] is True and all(sent[1:])
+    assert set(objects(store)[ids[0]]) == {"backup.xbstream.zst", "meta/checkpoints", "SHA256SUMS", "manifest.json"}
+
+
+def botocore_error(code, message):
+    import botocore.exceptions  # pylint: disable=import-outside-toplevel
+    return botocore.exceptions.ClientError({"Error": {"Code": code, "Message": message}}, "Test")
+
+
+def test_s3_legal_hold_keeps_a_chain_until_it_is_lifted(moto, tmp_path, monkeypatch):
+    store = s3_store(monkeypatch)
+    ids = put_backups(store, tmp_path, hours=(96, 72, 48, 24))
+    store.client.put_object_legal_hold(Bucket="locked-backups", Key=f"galera/{ids[1]}/backup.xbstream.zst",
+                                       LegalHold={"Status": "ON"})
+    planned = s3_run(store)
+    assert planned["remove"] == [ids[2], ids[0]] and planned["kept"] == [ids[1], ids[3]]
+    assert planned["refused"] == [dict(id=ids[1], reason="Object Lock legal hold on backup.xbstream.zst", until=None)]
+    assert set(objects(store)) == {ids[1], ids[3]}
+    store.client.put_object_legal_hold(Bucket="locked-backups", Key=f"galera/{ids[1]}/backup.xbstream.zst",
+                                       LegalHold={"Status": "OFF"})
+    planned = s3_run(store)
+    assert planned["remove"] == [ids[1]] and planned["refused"] == []
+    assert set(objects(store)) == {ids[3]}
+
+
+def refuse_deletes(store, monkeypatch, refuse, code="InvalidRequest",
+                   message="Object is WORM protected and cannot be overwritten."):
+    """A server that refuses to delete the keys ``refuse(key)`` names (MinIO's answer by default)."""
+    real = store.client.delete_objects
+    monkeypatch.setattr(store, "_lock_of", lambda keys, now=None: None)   # the lock cannot be read
+
+    def delete_objects(Bucket, Delete):  # pylint: disable=invalid-name
+        errors = [dict(Key=o["Key"], Code=code, Message=message) for o in Delete["Objects"] if refuse(o["Key"])]
+        rest = [o for o in Delete["Objects"] if not refuse(o["Key"])]
+        if rest:
+            real(Bucket=Bucket, Delete=dict(Delete, Objects=rest))
+        return {"Errors": errors}
+    monkeypatch.setattr(store.client, "delete_objects", delete_objects)
+
+
+def test_s3_refused_data_after_the_manifest_puts_the_manifest_back(moto, tmp_path, monkeypatch):
+    store = s3_store(monkeypatch, lock=False)
+    ids = put_backups(store, tmp_path, hours=(48, 24))
+    before = objects(store)
+    refuse_deletes(store, monkeypatch, lambda key: not key.endswith("/manifest.json"))
+    planned = s3_run(store)
+    assert planned["remove"] == [] and [r["id"] for r in planned["refused"]] == [ids[0]]
+    assert "InvalidRequest: Object is WORM protected" in planned["refused"][0]["reason"]
+    assert objects(store) == before   # whole again: its manifest was put back
+    assert store.list()["manifests"][ids[0]]["id"] == ids[0]
+
+
+def test_s3_a_refused_manifest_deletes_nothing(moto, tmp_path, monkeypatch):
+    store = s3_store(monkeypatch, lock=False)
+    ids = put_backups(store, tmp_path, hours=(48, 24))
+    before = objects(store)
+    refuse_deletes(store, monkeypatch, lambda key: True, code="AccessDenied", message="Access Denied")
+    planned = s3_run(store)
+    assert [r["id"] for r in planned["refused"]] == [ids[0]]
+    assert "AccessDenied: Access Denied; an Object Lock, a bucket policy, or credentials without s3:DeleteObject" \
+        in planned["refused"][0]["reason"]
+    assert objects(store) == before
+
+
+def test_s3_partly_refused_data_leaves_no_backup_that_counts(moto, tmp_path, monkeypatch):
+    store = s3_store(monkeypatch, lock=False)
+    ids = put_backups(store, tmp_path, hours=(48, 24))
+    refuse_deletes(store, monkeypatch, lambda key: key.endswith("/meta/checkpoints"))
+    planned = s3_run(store)
+    assert planned["remove"] == [ids[0]] and planned["refused"] == []
+    assert any("was only partly deleted" in p and "no longer counts as a backup" in p for p in planned["problems"])
+    assert objects(store)[ids[0]] == {"meta/checkpoints"}
+    assert ids[0] not in store.list()["manifests"]
+
+
+def test_s3_any_other_deletion_error_still_fails(moto, tmp_path, monkeypatch):
+    store = s3_store(monkeypatch, lock=False)
+    ids = put_backups(store, tmp_path, hours=(48, 24))
+    refuse_deletes(store, monkeypatch, lambda key: True, code="InternalError", message="We encountered an error")
+    with pytest.raises(_retention.GaleraError, match=f"refused to delete galera/{ids[0]}/manifest.json.*InternalError"):
+        s3_run(store)
