@@ -15,14 +15,20 @@ safe to fail at any step:
    first, then that node is resynced over TCP at its recorded address after checking its
    ``wsrep_node_name``; if that fails the old row is put back and we refuse;
 4. start the watchdog (it sees our lease on a node not desynced yet);
-5. ``wsrep_desync=ON``; any failure from here on is rolled back (resync, release the lease).
+5. with ``pxc_maint_mode``, ``pxc_maint_mode=MAINTENANCE`` (Percona XtraDB Cluster: its load balancers
+   stop routing to the node), then ``wsrep_desync=ON``; any failure from here on is rolled back
+   (resync, ``pxc_maint_mode`` back to DISABLED, release the lease).
+
+``state=synced`` sets ``pxc_maint_mode=DISABLED`` after the resync whatever happened, when asked (the
+role asks when its desync set MAINTENANCE). ``watchdog_haproxy`` is handed to the watchdog, which puts
+the node back in those HAProxy instances after a resync it makes itself (``_lb``).
 """
 
 from __future__ import annotations
 
 import time
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _connection, _lease, _resync, _watchdog, _wsrep
+from ansible_collections.dbtools.galera.plugins.module_utils import _connection, _lb, _lease, _resync, _watchdog, _wsrep
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
 PREDICTED = "(taken by this owner)"
@@ -72,8 +78,11 @@ class Desyncer:
         self.sleep = sleep
         self.lease = _lease.Lease(node, params["lease_database"]) if params["lease"] else None
         self.result = dict(changed=False, drain_seconds=None, sync_seconds=None, flow_control_sent=None,
-                           previous_owner=None, watchdog=None)
+                           previous_owner=None, watchdog=None, pxc_maint_mode=None)
         self.lease_after = None
+        self.pxc_set = False  # this run set pxc_maint_mode=MAINTENANCE
+        # Checked before anything is read or changed: a wrong item refuses the whole call.
+        self.watchdog_lb = _lb.instances(params.get("watchdog_haproxy"), "watchdog_haproxy")
 
     # -- reading -----------------------------------------------------------------------
     def read(self):
@@ -126,6 +135,9 @@ class Desyncer:
             if state == _lease.OURS or not self.lease:
                 if state == _lease.OURS and not self.check_mode and self.watchdog_wanted():
                     self.result["watchdog"] = self.watchdog.arm(self.watchdog_params(), p["owner"], self.node_name)
+                value = self.pxc_read()
+                if value is not None:
+                    self.pxc_result(value, value)
                 return self._finish(changed=False, lease_after=row)
             if state == _lease.EXPIRED and row["node"] == self.node_name:
                 whose = (f"its lease expired ({_lease.describe(row)}); its watchdog resyncs it, or clear it with "
@@ -154,6 +166,11 @@ class Desyncer:
         previous = row if state == _lease.EXPIRED else None
         if previous:
             self.result["previous_owner"] = previous["owner"]
+        pxc_before = self.pxc_read()
+        self.pxc_set = pxc_before == _lb.PXC_DISABLED
+        if pxc_before is not None:
+            self.pxc_result(pxc_before, _lb.PXC_MAINTENANCE if self.pxc_set else pxc_before)
+        self.check_watchdog_lb()
         if self.check_mode:
             lease_after = self.predicted_lease() if self.lease else None
             return self._finish(changed=True, predicted_desync=True, lease_after=lease_after)
@@ -174,8 +191,11 @@ class Desyncer:
                 self.release_quietly()
             raise
         try:
+            if self.pxc_set:
+                _lb.set_pxc_maint_mode(self.node, _lb.PXC_MAINTENANCE)
             self.node.set_desync(True)
         except BaseException:
+            self.pxc_disable_quietly()
             self.release_quietly()
             raise
         try:
@@ -194,7 +214,67 @@ class Desyncer:
                     seconds_left=self.p["lease_ttl"])
 
     def watchdog_params(self) -> dict:
-        return dict(self.p, _gcache_local=_wsrep.on_this_host(self.node.conn, self.variables))
+        return dict(self.p, _gcache_local=_wsrep.on_this_host(self.node.conn, self.variables),
+                    _pxc_maint_mode_ours=self.pxc_set)
+
+    # -- load balancers ------------------------------------------------------------------
+    def pxc_read(self) -> str | None:
+        """pxc_maint_mode now when asked for (refusing a node without it), else None."""
+        if not self.p.get("pxc_maint_mode"):
+            return None
+        value = _lb.pxc_maint_mode(self.node)
+        reason = _lb.pxc_refusal(_wsrep.detect_flavor(self.variables), value, self.node_name)
+        if reason:
+            raise GaleraError(f"{reason}. Nothing was changed.")
+        return value
+
+    def pxc_result(self, before: str, after: str) -> None:
+        self.result["pxc_maint_mode"] = dict(before=before, after=after, changed=before != after)
+
+    def pxc_disable_quietly(self) -> None:
+        """pxc_maint_mode back to DISABLED after a failure of the desync; a failure here is warned."""
+        if not self.pxc_set:
+            return
+        try:
+            _lb.set_pxc_maint_mode(self.node, _lb.PXC_DISABLED)
+            self.pxc_result(_lb.PXC_DISABLED, _lb.PXC_DISABLED)
+        except Exception as exc:  # pylint: disable=broad-except
+            self.warn(f"could not set pxc_maint_mode back to DISABLED after the failure ({exc}); set it by hand")
+
+    def pxc_after_resync(self) -> None:
+        """state=synced with pxc_maint_mode: MAINTENANCE back to DISABLED, whatever the resync did."""
+        try:
+            value = _lb.pxc_maint_mode(self.node)
+            if value != _lb.PXC_MAINTENANCE:
+                if value is not None:
+                    self.pxc_result(value, value)
+                return
+            if not self.check_mode:
+                _lb.set_pxc_maint_mode(self.node, _lb.PXC_DISABLED)
+            self.pxc_result(value, _lb.PXC_DISABLED)
+            self.result["changed"] = True
+        except Exception as exc:  # pylint: disable=broad-except
+            self.warn(f"could not set pxc_maint_mode back to DISABLED on node {self.node_name} ({exc}); "
+                      "set it by hand: SET GLOBAL pxc_maint_mode = 'DISABLED'")
+
+    def check_watchdog_lb(self) -> None:
+        """Warn, before the desync, about HAProxy instances the watchdog will not be able to put the node back in."""
+        if not self.watchdog_lb:
+            return
+        if not (self.p.get("watchdog") and self.lease):
+            self.warn("watchdog_haproxy is only used by the watchdog (watchdog: true, lease: true); ignored.")
+            return
+        usable, sockets = _lb.watchdog_split(self.watchdog_lb)
+        for inst in sockets:
+            self.warn(f"the watchdog cannot put the node back in {inst.label} if the controller dies: a Unix "
+                      "socket is only reachable on HAProxy's own host. Give that instance a TCP stats socket "
+                      "(address) the node reaches, or put the node back by hand after such a failure.")
+        for inst in usable:
+            try:
+                _lb.read_state(inst)
+            except GaleraError as exc:
+                self.warn(f"the watchdog cannot reach HAProxy from node {self.node_name}: {exc.msg} If the controller "
+                          "dies, the watchdog resyncs the node but cannot put it back there.")
 
     def take_lease(self, previous: dict | None) -> None:
         p = self.p
@@ -231,6 +311,7 @@ class Desyncer:
                      "no watchdog runs: run galera_desync state=synced")
             raise GaleraError(f"node {self.node_name} was desynced but then {text}; the rollback failed too ({exc}), "
                               f"so it may still be desynced under this owner's lease: {where}.", changed=True) from exc
+        self.pxc_disable_quietly()
         self.release_quietly()
         raise GaleraError(f"node {self.node_name} was desynced but then {text}; it was rolled back "
                           f"({out['last_state']}, lease released). Nothing was changed.",
@@ -293,6 +374,14 @@ class Desyncer:
 
     # -- state=synced ------------------------------------------------------------------
     def synced(self) -> dict:
+        """Resync (see ``_synced``); with pxc_maint_mode, then DISABLED whatever happened."""
+        try:
+            return self._synced()
+        finally:
+            if self.p.get("pxc_maint_mode"):
+                self.pxc_after_resync()
+
+    def _synced(self) -> dict:
         p = self.p
         before = self.read()
         row = self.lease_row()

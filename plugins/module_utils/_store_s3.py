@@ -42,6 +42,13 @@ So, here:
 
 Deleting never removes object versions: on a versioned bucket, a lifecycle rule
 (NoncurrentVersionExpiration) frees the space of deleted backups.
+
+A streamed backup's files are written by ``S3Writer`` under ``<prefix><id>/`` beside its run record:
+a file smaller than one part in one PUT, a stream as a multipart upload whose parts (16 MiB or more,
+sized from the expected size so that 10 000 parts hold it, doubled every 1000 parts) are sent by a
+thread while the next one fills, so at most three parts are in memory. An aborted stream aborts its
+multipart upload; one left by a process that died is aborted when retention deletes that unfinished
+backup (``_discard_uploads``). A lifecycle rule AbortIncompleteMultipartUpload catches the rest.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import queue
+import threading
 import traceback
 from datetime import datetime, timezone
 
@@ -70,6 +79,7 @@ else:
 
 MANIFEST, RUN_RECORD, UNTOUCHED = _stores.MANIFEST, _stores.RUN_RECORD, _stores.UNTOUCHED
 MULTIPART = 16 * 1024 * 1024
+MAX_PART = 5 * 1024 * 1024 * 1024  # S3's largest part
 # GetObjectLockConfiguration answers that mean "this bucket (or this server) has no Object Lock".
 NO_LOCK_CODES = ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration", "NotImplemented",
                  "MethodNotAllowed", "501", "405")
@@ -125,9 +135,131 @@ def _text(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def part_size(number: int, base: int) -> int:
+    """The size of part ``number`` (from 1) of a streamed upload: ``base``, doubled every 1000 parts
+    (S3 allows 10 000 parts of at most 5 GiB; all but the last at least 5 MiB)."""
+    return min(MAX_PART, base << ((number - 1) // 1000))
+
+
+def base_part_size(size_hint: int | None, least: int = MULTIPART) -> int:
+    """The first parts' size: at least ``least``, enough for 5000 parts to hold ``size_hint``, whole MiB."""
+    wanted = -(-int(size_hint or 0) // 5000)
+    mib = 1024 * 1024
+    return max(least, -(-wanted // mib) * mib)
+
+
+class S3Writer:
+    """One file of a streamed backup in the bucket (see ``_stores``' writers): one PUT when it is
+    smaller than a part, else a multipart upload fed by a thread."""
+
+    def __init__(self, store, key: str, size_hint: int | None = None):
+        self.store, self.key = store, key
+        self.base = base_part_size(size_hint, store.stream_part_size)
+        self.buffer = bytearray()
+        self.upload_id = None
+        self.parts = {}
+        self.number = 0
+        self.error = None
+        self.queue = queue.Queue(maxsize=1)
+        self.thread = None
+        self.done = False
+
+    def _what(self) -> str:
+        return f"streaming s3://{self.store.bucket}/{self.key}"
+
+    def _start(self) -> None:
+        extra = dict(self.store.extra)
+        answer = self.store.call(self._what(), self.store.client.create_multipart_upload, Bucket=self.store.bucket,
+                                 Key=self.key, **extra)
+        self.upload_id = answer["UploadId"]
+        self.thread = threading.Thread(target=self._sender, daemon=True)
+        self.thread.start()
+
+    def _sender(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            number, data = item
+            if self.error is not None:
+                continue  # drain what is queued; the writer raises the first error
+
+            def send(checksum, number=number, data=data):
+                extra = {}
+                if checksum:
+                    extra["ContentMD5"] = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+                return self.store.client.upload_part(Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id,
+                                                     PartNumber=number, Body=data, **extra)
+            try:
+                answer = self.store.call(f"{self._what()} (part {number})", self.store._upload, send)
+                self.parts[number] = answer["ETag"]
+            except BaseException as exc:  # pylint: disable=broad-except  # raised by the writer
+                self.error = exc
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error if isinstance(self.error, GaleraError) else GaleraError(f"{self._what()}: {self.error}")
+
+    def _queue_part(self, data: bytes) -> None:
+        if self.upload_id is None:
+            self._start()
+        self.number += 1
+        while True:  # never block for ever behind a sender that failed
+            self._raise()
+            try:
+                self.queue.put((self.number, data), timeout=1.0)
+                return
+            except queue.Full:
+                continue
+
+    def write(self, data: bytes) -> None:
+        self._raise()
+        self.buffer += data
+        while len(self.buffer) >= part_size(self.number + 1, self.base):
+            size = part_size(self.number + 1, self.base)
+            chunk = bytes(self.buffer[:size])
+            del self.buffer[:size]
+            self._queue_part(chunk)
+
+    def close(self) -> None:
+        if self.upload_id is None:
+            self.store.put_bytes(self.key, bytes(self.buffer))
+            self.done = True
+            return
+        if self.buffer:
+            self._queue_part(bytes(self.buffer))
+            self.buffer = bytearray()
+        self.queue.put(None)
+        self.thread.join()
+        self._raise()
+        parts = [{"ETag": self.parts[n], "PartNumber": n} for n in sorted(self.parts)]
+        if len(parts) != self.number:
+            raise GaleraError(f"{self._what()}: {self.number - len(parts)} of {self.number} parts were not sent")
+        self.store.call(self._what(), self.store.client.complete_multipart_upload, Bucket=self.store.bucket,
+                        Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts})
+        self.done = True
+
+    def abort(self) -> None:
+        if self.done or self.upload_id is None:
+            return
+        if self.thread is not None and self.thread.is_alive():
+            self.error = self.error or GaleraError(f"{self._what()}: aborted")
+            try:
+                self.queue.put(None, timeout=5.0)
+            except queue.Full:
+                pass
+            self.thread.join(timeout=60.0)
+        try:
+            self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id)
+        except Exception:  # pylint: disable=broad-except  # never raises; retention catches what is left
+            pass
+        self.done = True
+
+
 class S3Store(_stores.Store):
     kind = "s3"
     staging_suffix = ""
+    stream_part_size = MULTIPART
 
     def __init__(self, opts: dict):
         if boto3 is None:
@@ -470,6 +602,25 @@ class S3Store(_stores.Store):
             self.put_bytes(manifest_key, manifest)  # nothing else went: whole again, and counted
             raise self._refused(where, refused, f"its {MANIFEST} was put back; it is whole and kept", whole=True)
         raise self._refused(where, refused, "nothing was deleted; it is kept", whole=True)
+
+    def _writer(self, name, rel, size_hint=None):
+        if not _stores.safe_rel(rel):
+            raise GaleraError(f"refused to stream {rel!r}: not a file inside a backup. Nothing was streamed.")
+        return S3Writer(self, self.key(name, rel), size_hint)
+
+    def _discard_uploads(self, name):
+        """Abort the multipart uploads under ``<prefix><name>/`` (a dead stream's). Where the server
+        cannot list them (no s3:ListBucketMultipartUploads), a lifecycle rule must."""
+        base = self.key(name)
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+                for upload in page.get("Uploads", []) or []:
+                    if str(upload.get("Key", "")).startswith(base):
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                           UploadId=upload["UploadId"])
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            pass
 
     def _refused(self, where, refused, outcome, whole):
         key, code, message = refused[0]

@@ -6,7 +6,9 @@
 """A backup store in a directory on another host, reached over SSH (private).
 
 Copies go with rsync into ``<path>/<id>.partial`` (resumable), are verified there with
-``sha256sum -c`` and renamed to ``<path>/<id>`` in one ``mv -T``. Every remote command is a POSIX
+``sha256sum -c`` and renamed to ``<path>/<id>`` in one ``mv -T``. A streamed backup's files go
+into the same ``<id>.partial`` through ``ssh ... cat > <file>`` (``SshWriter``), one connection per
+file, at most ``bwlimit`` KiB/s. Every remote command is a POSIX
 ``sh`` script in which each value is ``shlex.quote``d; names read back from the remote side travel
 base64-encoded, so no name (a newline, a quote, ``@@`` in it) can change what the answer says.
 The remote host needs ``sh``, coreutils (``sha256sum``, ``base64``) and rsync; this host ssh and rsync.
@@ -20,6 +22,9 @@ import os
 import posixpath
 import re
 import shlex
+import subprocess
+import tempfile
+import time
 
 from ansible_collections.dbtools.galera.plugins.module_utils import _stores
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
@@ -60,6 +65,12 @@ READ_SCRIPT = r"""
 f={path}
 if [ -f "$f" ] && [ ! -L "$f" ]; then printf '@@data b'; base64 < "$f" | tr -d '\n'; echo; else echo '@@absent'; fi
 echo '@@end'
+"""
+# Writes stdin into a new file of an existing staging directory (never through a link, never elsewhere).
+WRITE_SCRIPT = r"""
+d={top}
+if [ ! -d "$d" ] || [ -L "$d" ]; then echo "@@nostaging: $d is not a staging directory" >&2; exit 5; fi
+{mkdir}cat > {path}
 """
 
 
@@ -114,6 +125,65 @@ def parse_state(out: str) -> dict | None:
             raw = decode(line[len("@@files "):].strip()).decode("utf-8", errors="surrogateescape")
             state["files"] = [strip_dot(rel) for rel in raw.split("\0") if rel]
     return state
+
+
+class SshWriter:
+    """One file of a streamed backup, written through ``ssh ... cat >`` (see ``_stores``' writers)."""
+
+    def __init__(self, store, name: str, rel: str):
+        self.store, self.where = store, store.remote(name, rel)
+        parent = posixpath.dirname(rel)
+        script = WRITE_SCRIPT.format(top=store.q(name), path=store.q(name, rel),
+                                     mkdir=f"mkdir -p -- {store.q(name, parent)} && " if parent else "")
+        self.errors = tempfile.TemporaryFile()  # pylint: disable=consider-using-with
+        self.proc = store.popen(store.remote_argv(script), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=self.errors)
+        self.sent = 0
+        self.started = time.monotonic()
+
+    def _failed(self, what: str) -> GaleraError:
+        rc = self.proc.wait()
+        self.errors.seek(0)
+        err = self.errors.read().decode("utf-8", "replace")
+        self.errors.close()
+        if rc == 5 and "@@nostaging" in err:
+            return GaleraError(f"{what}: the staging directory {posixpath.dirname(self.where)} is gone at "
+                               f"{self.store.host} (another job removed it?). The backup does not count.", rc=rc)
+        return self.store.explain(rc, err, what)
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.proc.stdin.write(data)
+        except OSError:  # the connection or the remote cat ended: say why
+            raise self._failed(f"streaming {self.where} to {self.store.user}@{self.store.host}") from None
+        self.sent += len(data)
+        if self.store.bwlimit:
+            ahead = self.sent / (self.store.bwlimit * 1024.0) - (time.monotonic() - self.started)
+            if ahead > 0:
+                time.sleep(ahead)
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        rc = self.proc.wait()
+        if rc != 0:
+            raise self._failed(f"streaming {self.where} to {self.store.user}@{self.store.host}")
+        self.errors.close()
+
+    def abort(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.kill()
+            except OSError:
+                pass
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.proc.wait()
+        self.errors.close()
 
 
 class SshStore(_stores.Store):
@@ -235,10 +305,24 @@ class SshStore(_stores.Store):
                 message += f". {self.user} may not write to {self.path}: fix its permissions or dest.user."
         return GaleraError(message, rc=rc)
 
+    def remote_argv(self, script):
+        """The ssh argv that runs the POSIX sh ``script`` at the destination (values in it quoted)."""
+        command = "LC_ALL=C sh -c " + shlex.quote("set -u; umask 077; LC_ALL=C; export LC_ALL; " + script)
+        return [self.ssh_bin] + self.ssh_options() + ["--", self.host, command]
+
+    def popen(self, argv, **kwargs):
+        """A process started through the runner's ``popen`` (a ``_stores.CommandRunner``; tests play
+        the destination with their own), else directly."""
+        opener = getattr(self.runner, "popen", None)
+        if opener is not None:
+            return opener(argv, environ_update=dict(LC_ALL="C", LANG="C"), **kwargs)
+        # pylint: disable-next=ansible-bad-function  # a stream: run_command cannot give a live stdin
+        return subprocess.Popen(argv, env=dict(os.environ, LC_ALL="C", LANG="C"),  # pylint: disable=consider-using-with
+                                close_fds=True, **kwargs)
+
     def run(self, script, what, ok=(0,), data=None):
         """Run a POSIX sh script at the destination; (rc, stdout). Raises GaleraError on failure."""
-        command = "LC_ALL=C sh -c " + shlex.quote("set -u; umask 077; LC_ALL=C; export LC_ALL; " + script)
-        cmd = [self.ssh_bin] + self.ssh_options() + ["--", self.host, command]
+        cmd = self.remote_argv(script)
         kwargs = dict(environ_update=dict(LC_ALL="C", LANG="C"))
         if data is not None:
             kwargs.update(data=data, binary_data=True)
@@ -335,3 +419,8 @@ class SshStore(_stores.Store):
 
     def _remove(self, name):
         self.run(f"rm -f -- {self.q(name, MANIFEST)} && rm -rf -- {self.q(name)}", f"deleting {self.remote(name)}")
+
+    def _writer(self, name, rel, size_hint=None):
+        if not _stores.safe_rel(rel):
+            raise GaleraError(f"refused to stream {rel!r}: not a file inside a backup. Nothing was streamed.")
+        return SshWriter(self, name, rel)

@@ -27,10 +27,19 @@ A store holds backups by id. What every store answers, in the same shapes:
 - ``delete(names)``: complete backups, each ``manifest.json`` first (a deletion cut short leaves
   something that no longer counts as a backup); ``delete_partials(names)``: unfinished copies.
 
+A streamed backup (``galera_backup_stream_to``) is written straight into the store, never staged on
+this host: ``begin_stream(id, record)`` makes the staging place with the run record,
+``open_writer(id, rel)`` returns a writer (``write(bytes)``; ``close()``: the file is complete there,
+or GaleraError; ``abort()``: what was written is dropped, never raises) for each stream,
+``publish_stream(local)`` sends the small files of the backup's local record (a ``LocalBackup``
+with ``streamed`` files), verifies every file there (the streams against the sha256 computed as
+they passed) and makes it count, ``manifest.json`` last; ``abort_stream(id, run_id)`` removes the
+staging place when its run record is that run's.
+
 A store implements the primitives below (``_entries``, ``_state``, ``_begin``, ``_send``,
-``_drop``, ``_publish``, ``_read``, ``_download``, ``_remove``); the interface above, the
-verification and the listing's classification are written once, here. Expected failures raise
-``GaleraError`` with the cause and the fix.
+``_drop``, ``_publish``, ``_read``, ``_download``, ``_remove``, ``_writer``; optionally
+``_discard_uploads``); the interface above, the verification and the listing's classification are
+written once, here. Expected failures raise ``GaleraError`` with the cause and the fix.
 """
 
 from __future__ import annotations
@@ -41,9 +50,11 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _manifest, _proc
+from ansible_collections.dbtools.galera.plugins.module_utils import _manifest, _proc, _tools
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
 MANIFEST = _manifest.MANIFEST
@@ -114,6 +125,57 @@ def parse_record(data) -> dict | None:
     return record if _manifest.valid_run_record(record) else None
 
 
+class CommandRunner:
+    """``run_command``, ``get_bin_path`` and ``popen`` as the stores use them from an AnsibleModule,
+    for code that runs without one (the detached backup run, the node-side steps of a streamed
+    backup): argv lists only, never a shell."""
+
+    def get_bin_path(self, name: str) -> str | None:
+        return _tools.find(name)
+
+    def run_command(self, argv, environ_update=None, data=None, binary_data=False):
+        env = dict(os.environ, **(environ_update or {}))
+        if data is not None and not isinstance(data, bytes):
+            data = str(data).encode("utf-8") + (b"" if binary_data else b"\n")
+        try:
+            # pylint: disable-next=ansible-bad-function  # run_command's stand-in without an AnsibleModule
+            done = subprocess.run(list(argv), input=data, capture_output=True, env=env, check=False)
+        except OSError as exc:
+            return 127, "", f"{argv[0]}: {exc}"
+        return done.returncode, done.stdout.decode("utf-8", "surrogateescape"), done.stderr.decode("utf-8", "replace")
+
+    def popen(self, argv, environ_update=None, **kwargs) -> subprocess.Popen:
+        """A process whose stdin the caller writes (a stream to a remote host)."""
+        env = dict(os.environ, **(environ_update or {}))
+        # pylint: disable-next=ansible-bad-function  # a stream: run_command cannot give a live stdin
+        return subprocess.Popen(list(argv), env=env, close_fds=True, **kwargs)  # pylint: disable=consider-using-with
+
+
+class FileWriter:
+    """A writer of a new file on this host (0600, fsynced on ``close``); ``abort`` removes it."""
+
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        self.path = path
+        self.handle = open(path, "xb")  # pylint: disable=consider-using-with
+        os.chmod(path, 0o600)
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+
+    def close(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+    def abort(self) -> None:
+        try:
+            self.handle.close()
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
 def new_copy_record(local, kind: str = "copy", owner: str | None = None) -> dict:
     """The run record a copy of ``local`` made by this process marks itself with."""
     return _manifest.run_record(_manifest.new_run_id(), local.id, local.cluster, local.state_uuid, owner,
@@ -124,11 +186,15 @@ def new_copy_record(local, kind: str = "copy", owner: str | None = None) -> dict
 # The source of a copy
 
 class LocalBackup:
-    """One complete backup directory on this host: read, checked, never changed."""
+    """One complete backup directory on this host: read, checked, never changed.
 
-    def __init__(self, src: str):
+    ``streamed``: files SHA256SUMS lists that are not here, because they were streamed straight to
+    a store (the local record of a streamed backup, ``backup_id`` its id while it is a partial)."""
+
+    def __init__(self, src: str, streamed=(), backup_id: str | None = None):
         self.path = os.path.normpath(src)
-        self.id = os.path.basename(self.path)
+        self.id = backup_id or os.path.basename(self.path)
+        self.streamed = set(streamed)
         fix = "Give the directory of one complete backup, <galera_backup_dir>/<id>. Nothing was copied."
         if not os.path.isdir(self.path):
             raise GaleraError(f"src {src} is not a directory. {fix}")
@@ -164,11 +230,13 @@ class LocalBackup:
             raise GaleraError(f"{sums_path} cannot be read: {exc}. {fix}")
         self.sums = dict(self.entries)
         self.files = [rel for rel, _sha in self.entries] + [SUMS, MANIFEST]
-        missing = [rel for rel in self.files if not os.path.isfile(os.path.join(self.path, rel))]
+        missing = [rel for rel in self.files
+                   if rel not in self.streamed and not os.path.isfile(os.path.join(self.path, rel))]
         if missing:
             raise GaleraError(f"the local backup is incomplete: {', '.join(missing[:5])} listed in SHA256SUMS "
                               f"{'is' if len(missing) == 1 else 'are'} missing from {self.path}. {fix}")
-        self.sizes = {rel: os.path.getsize(os.path.join(self.path, rel)) for rel in self.files}
+        self.sizes = {rel: os.path.getsize(os.path.join(self.path, rel)) for rel in self.files
+                      if rel not in self.streamed}
         self.bytes = sum(self.sizes.values())
         listed = set(self.files)
         self.excluded = []
@@ -190,6 +258,8 @@ class LocalBackup:
         """The files among ``rels`` that do not match their checksum here, on this host."""
         bad = []
         for rel in rels:
+            if rel in self.streamed:
+                continue  # never on this host: checked where it went
             try:
                 if sha256_file(os.path.join(self.path, rel)) != self.expected_sha(rel):
                     bad.append(rel)
@@ -288,6 +358,15 @@ class Store:
     def _remove(self, name: str) -> None:
         """Delete ``name`` whole, its manifest.json first."""
         raise NotImplementedError
+
+    def _writer(self, name: str, rel: str, size_hint: int | None = None):
+        """A writer (see the module) of the new file ``rel`` in the staging place ``name``;
+        ``size_hint``: the bytes expected, when known (an object store sizes its parts by it)."""
+        raise NotImplementedError
+
+    def _discard_uploads(self, name: str) -> None:
+        """Drop what unfinished writes into ``name`` left that a listing does not show (an object
+        store's multipart uploads); ``name`` is an abandoned unfinished copy. Nothing by default."""
 
     # -- the interface -------------------------------------------------------------------------
     def staging(self, backup_id: str) -> str:
@@ -432,6 +511,65 @@ class Store:
             if not self.staging_suffix and self._read(name, MANIFEST) is not None:
                 continue  # finished since it was listed: a backup now, not a leftover
             self._remove(name)
+            self._discard_uploads(name)
+
+    # -- streamed backups ----------------------------------------------------------------------
+    def begin_stream(self, backup_id: str, record: dict) -> None:
+        """Make the staging place of the streamed backup ``backup_id``, its run record ``record`` first."""
+        if not _manifest.valid_id(backup_id) or not _manifest.valid_run_record(record):
+            raise GaleraError(f"{backup_id!r} is not a backup id with a run record: nothing was streamed.")
+        self._begin(SimpleNamespace(id=backup_id), None, record)
+
+    def open_writer(self, backup_id: str, rel: str, size_hint: int | None = None):
+        """A writer of the file ``rel`` of the streamed backup ``backup_id`` (``begin_stream`` first)."""
+        if not _manifest.valid_id(backup_id) or not safe_rel(rel) or rel in (MANIFEST, RUN_RECORD):
+            raise GaleraError(f"refused to stream {rel!r} of {backup_id!r}: not a data file of a backup. "
+                              "Nothing was streamed.")
+        return self._writer(self.staging(backup_id), rel, size_hint)
+
+    def publish_stream(self, local: LocalBackup) -> None:
+        """Send the files of the streamed backup's local record ``local`` that are on this host,
+        verify EVERY file at the destination (the streamed ones against the sha256 that SHA256SUMS
+        recorded as they passed), then make it count: ``manifest.json`` last. A mismatch raises and
+        leaves the staging place, which does not count as a backup (``abort_stream`` removes it)."""
+        staged = self.staging(local.id)
+        here = [rel for rel in local.files if rel not in local.streamed and (self.staging_suffix or rel != MANIFEST)]
+        for rel in sorted(here, key=lambda r: (r == MANIFEST, r == SUMS, r)):  # SHA256SUMS, manifest last
+            writer = self._writer(staged, rel, local.sizes.get(rel))
+            try:
+                with open(os.path.join(local.path, rel), "rb") as handle:
+                    for block in iter(lambda: handle.read(CHUNK), b""):
+                        writer.write(block)
+            except BaseException:
+                writer.abort()
+                raise
+            writer.close()
+        rels = [rel for rel in local.files if self.staging_suffix or rel != MANIFEST]
+        state = self._state(staged, rels)
+        if state is None:
+            raise GaleraError(f"{self.url(staged)} vanished while the backup was streamed there: is another job "
+                              "working there? The backup does not count.")
+        bad, extra = compare(local, state, rels)
+        if extra:
+            self._drop(staged, extra)
+        if bad:
+            raise GaleraError(f"the backup streamed to {self.url(staged)} does not match what was sent: "
+                              f"{', '.join(bad[:5])}{' (and more)' if len(bad) > 5 else ''} differ there from the "
+                              "sha256 computed as they passed. Its manifest was not written, so it does not count "
+                              "as a backup. Check the destination's disk, then run again.", mismatched=bad)
+        self._publish(local)
+
+    def abort_stream(self, backup_id: str, run_id: str) -> bool:
+        """Remove the staging place of the streamed backup ``backup_id`` when its run record names the
+        run ``run_id`` (never a backup that counts, never another run's); True when it did."""
+        if not _manifest.valid_id(backup_id):
+            return False
+        staged = self.staging(backup_id)
+        record = parse_record(self._read(staged, RUN_RECORD))
+        if record is None or record.get("run_id") != run_id or record.get("backup") != backup_id:
+            return False
+        self.delete_partials([staged])
+        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,6 +676,13 @@ class LocalStore(Store):
             destination = os.path.join(target, rel)
             os.makedirs(os.path.dirname(destination), exist_ok=True)
             shutil.copyfile(os.path.join(top, rel), destination)
+
+    def _writer(self, name, rel, size_hint=None):
+        top = self._child(name)
+        if not os.path.isdir(top) or os.path.islink(top) or not safe_rel(rel):
+            raise GaleraError(f"{top} is not the staging directory of a streamed backup (begin_stream first). "
+                              "Nothing was streamed.")
+        return FileWriter(os.path.join(top, rel))
 
     def _remove(self, name):
         full = self._child(name)

@@ -24,6 +24,10 @@ Every few seconds it reads the lease and the node:
   min_cluster_size synced members left): it stops the holder, drains, resyncs, releases the lease;
 - the lease expired (the controller died, the job was cancelled): it drains, resyncs and
   releases the lease.
+After a resync of its own (and after another owner's takeover resynced the node) it puts the node
+back in rotation as the controller would have: ``pxc_maint_mode=DISABLED`` when this desync set
+MAINTENANCE, and ``ready`` in every HAProxy instance of ``watchdog_haproxy`` it can reach from the
+node (a TCP stats socket; a Unix socket on another host is out of its reach, see docs/lb.md).
 What it does goes to syslog, to /var/log/dbtools-galera/watchdog.log and to the lease database's
 desync_events table; its last view of the node is in a JSON state file. A failing log or state
 write is reported where it can be and never stops the loop.
@@ -38,12 +42,17 @@ import signal
 import syslog
 import time
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _connection, _lease, _proc, _resync, _wsrep
+from ansible_collections.dbtools.galera.plugins.module_utils import _connection, _lb, _lease, _proc, _resync, _wsrep
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
 RUN_DIR = "/run/dbtools-galera"
 LOG_FILE = "/var/log/dbtools-galera/watchdog.log"
+# The log rotates itself (no logrotate needed): past LOG_MAX_BYTES it becomes watchdog.log.1, replacing the
+# previous one, so the two files never hold more than twice that.
+LOG_MAX_BYTES = 1 << 20
 CHECK_INTERVAL = 2.0
+# Putting the node back in HAProxy: tries, CHECK_INTERVAL apart (a load balancer restarting meanwhile).
+LB_TRIES = 3
 # Memory guard: available memory under this fraction of the total while write-sets queue up.
 MIN_MEMORY_FRACTION = 0.05
 # Defaults of the free-space guard on gcache.dir's filesystem: whichever is larger.
@@ -97,6 +106,17 @@ def running(owner: str, node: str) -> int | None:
     if alive is None:
         alive = pid_alive(ident["pid"])
     return ident["pid"] if alive else None
+
+
+def rotate_log(path: str, max_bytes: int) -> bool:
+    """Move ``path`` to ``path.1`` (replacing it) once it holds ``max_bytes`` or more; True when it did."""
+    try:
+        if os.path.getsize(path) < max_bytes:
+            return False
+        os.replace(path, path + ".1")
+    except OSError:  # none yet, or another watchdog rotated it first
+        return False
+    return True
 
 
 # -- guards (pure, unit-tested) --------------------------------------------------------------------
@@ -209,6 +229,7 @@ class Watchdog:
             pass
         try:
             os.makedirs(os.path.dirname(LOG_FILE), mode=0o750, exist_ok=True)
+            rotate_log(LOG_FILE, LOG_MAX_BYTES)
             with open(LOG_FILE, "a", encoding="utf-8") as handle:
                 handle.write(time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + line + "\n")
         except OSError:
@@ -316,6 +337,11 @@ class Watchdog:
                 return False
             self.log("the lease stayed with another owner and this node is still desynced, but that desync is no "
                      "longer ours to clear; disarmed", "watchdog_disarm_desynced", self.node())
+        elif row and row["node"] != self.node_name:
+            # Our expired lease was taken over and the new owner resynced this node: nobody else puts it back.
+            self.log(f"the lease was taken over ({_lease.describe(row)}) and this node is no longer desynced; "
+                     "disarmed")
+            self.back_in_rotation(self.node())
         else:
             self.log("lease released or no longer ours: the desync ended normally; disarmed")
         try:
@@ -337,6 +363,43 @@ class Watchdog:
             self.log(f"{why}: the node was not desynced (any more); releasing the lease", "watchdog_release", node)
         lease.release(self.owner, self.node_name)
         self.write_state(resynced=True, reason=why)
+        self.back_in_rotation(node)
+
+    def back_in_rotation(self, node) -> None:
+        """pxc_maint_mode back to DISABLED (when this desync set it) and the node ready in every HAProxy
+        instance of watchdog_haproxy the node reaches, a few tries each; logged, never raises."""
+        if self.p.get("_pxc_maint_mode_ours"):
+            try:
+                if _lb.pxc_maint_mode(node) == _lb.PXC_MAINTENANCE:
+                    _lb.set_pxc_maint_mode(node, _lb.PXC_DISABLED)
+                    self.log("pxc_maint_mode set back to DISABLED", "watchdog_lb_ready", node)
+            except Exception as exc:  # pylint: disable=broad-except
+                self.log(f"could not set pxc_maint_mode back to DISABLED: {exc}; set it by hand", "watchdog_lb_failed",
+                         node)
+        try:
+            usable, sockets = _lb.watchdog_split(_lb.instances(self.p.get("watchdog_haproxy"), "watchdog_haproxy"))
+        except GaleraError as exc:  # checked by galera_desync already
+            self.log(f"watchdog_haproxy is wrong: {exc.msg}", "watchdog_lb_failed", node)
+            return
+        for inst in sockets:
+            self.log(f"cannot put the node back in {inst.label}: a Unix socket on HAProxy's host is out of reach "
+                     "from here; put it back by hand (galera_lb state=ready)", "watchdog_lb_failed", node)
+        for attempt in range(1, LB_TRIES + 1):
+            if not usable:
+                return
+            try:
+                out = _lb.apply(usable, _lb.READY)
+                self.log(f"back in rotation: {_lb.summary(out)}", "watchdog_lb_ready", node)
+                return
+            except GaleraError as exc:
+                failed = [i for i, r in zip(usable, exc.get("instances") or []) if r.get("error")]
+                if attempt == LB_TRIES:
+                    self.log(f"could not put the node back in rotation after {LB_TRIES} tries: {exc.msg} Put it back "
+                             "by hand (galera_lb state=ready).", "watchdog_lb_failed", node)
+                    return
+                self.log(f"putting the node back in rotation failed, trying again in {CHECK_INTERVAL} s: {exc.msg}")
+                usable = failed
+                self.sleep(CHECK_INTERVAL)
 
 
 # -- starting it -----------------------------------------------------------------------------------

@@ -171,12 +171,71 @@ options:
         V(0) to V(1).
     type: float
     default: 0.05
+  pxc_maint_mode:
+    description:
+      - Percona XtraDB Cluster only. With O(state=desynced), set C(pxc_maint_mode=MAINTENANCE) just before
+        C(wsrep_desync=ON) when it is C(DISABLED), so load balancers that follow it (ProxySQL's PXC support)
+        stop routing to the node. The server answers after its C(pxc_maint_transition_period) (10 s by default).
+        A value set by someone else is left as it is. RV(pxc_maint_mode) says what was done.
+      - With O(state=synced), set it back to C(DISABLED) after the resync when it is C(MAINTENANCE), whatever
+        the resync did. Ask for it only when the desync set it (RV(pxc_maint_mode.changed)).
+      - The watchdog sets it back to C(DISABLED) after a resync it makes itself, when this desync set it.
+      - Refused, changing nothing, on a server without the variable (MariaDB, MySQL-wsrep).
+      - Not tested here (no PXC packages in the test images); the statements are
+        C(SET GLOBAL pxc_maint_mode = 'MAINTENANCE') and C(SET GLOBAL pxc_maint_mode = 'DISABLED').
+    type: bool
+    default: false
+    version_added: 0.3.0
+  watchdog_haproxy:
+    description:
+      - HAProxy instances the watchdog puts the node back in (C(set server ... state ready)) after a resync
+        it makes itself, because the controller died before it could. The items of M(dbtools.galera.galera_lb)'s
+        O(dbtools.galera.galera_lb#module:haproxy); pass only instances this desync's caller took the node out of.
+      - The watchdog runs on the node, so it only reaches instances with a O(watchdog_haproxy[].address) the
+        node can connect to. An instance with a O(watchdog_haproxy[].socket) (a Unix socket on HAProxy's host) is
+        warned about and left out. With O(state=desynced) every reachable instance is read once before the
+        desync, and one the node cannot reach is warned about; neither refuses the desync.
+      - Holds no secret (the runtime API has no login).
+    type: list
+    elements: dict
+    default: []
+    version_added: 0.3.0
+    suboptions:
+      name:
+        description: A label for messages. Defaults to the socket or address.
+        type: str
+      socket:
+        description: Path of the runtime API's Unix socket (out of the watchdog's reach unless HAProxy runs on the node).
+        type: str
+      address:
+        description: C(host:port) of a TCP runtime API (C(stats socket ipv4@host:port level admin)), as the node reaches it.
+        type: str
+      backend:
+        description: The backend that balances the Galera nodes.
+        type: str
+        required: true
+      server:
+        description: The name of this node's C(server) line in that backend.
+        type: str
+        required: true
+      shutdown_sessions:
+        description: Not used here (only on drain, see M(dbtools.galera.galera_lb)).
+        type: bool
+        default: false
+      host:
+        description: Not used here (the role's C(delegate_to) for the same item).
+        type: str
+      become:
+        description: Not used here (the role's C(become) for the same item).
+        type: bool
 notes:
   - Set the desync before any global read lock or C(BACKUP STAGE). The server refuses to change
     C(wsrep_desync) while one is held.
   - A C(/*! WSREP_DESYNC */) query comment mentioned in some field notes is a syntax error on
     MariaDB 10.11. This module uses C(wsrep_desync).
-  - Load balancers should take a node in C(Donor/Desynced) state out of rotation.
+  - Load balancers should take a node in C(Donor/Desynced) state out of rotation. M(dbtools.galera.galera_lb)
+    does it for HAProxy, O(pxc_maint_mode) for load balancers that follow C(pxc_maint_mode); the
+    P(dbtools.galera.galera_backup#role) role runs them around the desync (C(docs/lb.md)).
   - Taking over an expired lease held on another node first replaces the lease row (so no third
     owner can step in), then connects to that node over TCP at the address the lease records
     (never through a socket, neither O(login_unix_socket) nor the C(socket) of O(config_file)), checks
@@ -297,6 +356,24 @@ previous_owner:
   description: The owner of a desync cleared with O(force), or of an expired lease taken over.
   returned: success
   type: str
+pxc_maint_mode:
+  description:
+    - With O(pxc_maint_mode), C(pxc_maint_mode) before and after the module ran, and whether it changed it;
+      otherwise null.
+  returned: success
+  type: dict
+  sample: {"before": "DISABLED", "after": "MAINTENANCE", "changed": true}
+  version_added: 0.3.0
+  contains:
+    before:
+      description: The value before the module ran.
+      type: str
+    after:
+      description: The value after the module ran (predicted in check mode).
+      type: str
+    changed:
+      description: Whether the module changed it.
+      type: bool
 queries:
   description: The SQL statements that changed or locked something, without secrets.
   returned: always
@@ -305,6 +382,7 @@ queries:
   sample: ["SET GLOBAL wsrep_desync = ON"]
 """
 
+from ansible_collections.dbtools.galera.plugins.module_utils import _lb
 from ansible_collections.dbtools.galera.plugins.module_utils._desync import Desyncer
 from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, check_non_negative, run
 
@@ -330,6 +408,8 @@ def main():
             watchdog_hard_limit_fraction=dict(type="float", default=0.5),
             watchdog_min_free_bytes=dict(type="int", default=1 << 30),
             watchdog_min_free_fraction=dict(type="float", default=0.05),
+            pxc_maint_mode=dict(type="bool", default=False),
+            watchdog_haproxy=dict(type="list", elements="dict", default=[], options=_lb.ITEM_SPEC),
         ),
         supports_check_mode=True,
     )
