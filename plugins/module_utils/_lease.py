@@ -65,6 +65,14 @@ def describe(row: dict | None) -> str:
             f"lease expires {row['expires_at']} UTC")
 
 
+def describe_holder(row: dict | None, what: str) -> str:
+    """``describe`` for a lease of another key: who holds it (``what``: "archiving" ...), where, until when."""
+    if not row:
+        return "no lease"
+    return (f"owner '{row['owner']}' {what} on node {row['node']} since {row['acquired_at']} UTC, "
+            f"lease expires {row['expires_at']} UTC")
+
+
 LEASE_COLUMNS = (
     " lease_key VARCHAR(32) NOT NULL PRIMARY KEY,"
     " cluster_name VARCHAR(255) NULL,"
@@ -89,24 +97,38 @@ _MISSING_ERRNOS = (ER_BAD_DB, ER_NO_SUCH_TABLE)
 class Lease:
     """The lease table of one cluster, seen through a ``_wsrep.Node``."""
 
-    def __init__(self, node, database: str):
+    def __init__(self, node, database: str, key: str = LEASE_KEY, label: str = "desync lease",
+                 holding: str | None = None, opt_out: str | None = None):
+        """``key``: the row (``LEASE_KEY`` for the desync lease); ``label`` names the lease in
+        messages, ``holding`` what its holder does ("archiving"; None: the desync wording of
+        ``describe``), ``opt_out`` the fix offered when the table cannot be used (None: ``lease: false``)."""
         if not valid_database_name(database):
             raise GaleraError(
                 f"lease_database {database!r} is not a plain database name (letters, digits, _ and $, at most 64). "
                 "Nothing was changed."
             )
+        if not isinstance(key, str) or not _IDENTIFIER.match(key) or len(key) > 32:
+            raise ValueError(f"lease key {key!r} is not a plain name of at most 32 characters")
         self.node = node
         self.database = database
+        self.key = key
+        self.label = label
+        self.holding = holding
+        self.opt_out = opt_out
         self.table = f"`{database}`.`{TABLE}`"
         # None: not known yet; True: the last read found no table; False: it exists.
         self.table_missing = None
 
+    def describe(self, row: dict | None) -> str:
+        return describe(row) if self.holding is None else describe_holder(row, self.holding)
+
     def _privilege_error(self, exc, action: str) -> GaleraError:
+        fix = self.opt_out or ("or set lease: false to run without the cluster-wide lease (not recommended: "
+                               "nothing then stops two desynced nodes)")
         return GaleraError(
-            f"cannot {action} the desync lease table {self.database}.{TABLE}: {exc.args[-1]}. "
+            f"cannot {action} the {self.label} table {self.database}.{TABLE}: {exc.args[-1]}. "
             f"Grant the connecting user CREATE, SELECT, INSERT, UPDATE, DELETE ON `{self.database}`.* "
-            "(or create the table as an administrator first), or set lease: false to run without the "
-            "cluster-wide lease (not recommended: nothing then stops two desynced nodes).",
+            f"(or create the table as an administrator first), {fix}.",
             errno=mysql_errno(exc),
         )
 
@@ -155,7 +177,7 @@ class Lease:
                f"TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(6), expires_at) "
                f"FROM {self.table} WHERE lease_key = %s" + (" FOR UPDATE" if for_update else ""))
         try:
-            rows = self.node.query(sql, (LEASE_KEY,), record=False)
+            rows = self.node.query(sql, (self.key,), record=False)
         except Exception as exc:
             errno = mysql_errno(exc)
             if errno in _MISSING_ERRNOS:
@@ -196,7 +218,7 @@ class Lease:
                     # Another node's write certified first: report who holds the lease now.
                     holder = self.read()
                     raise GaleraError(
-                        f"another owner acquired the desync lease at the same moment: {describe(holder)}",
+                        f"another owner acquired the {self.label} at the same moment: {self.describe(holder)}",
                         conflict=True, holder=holder,
                     ) from exc
                 if errno in _ACCESS_ERRNOS:
@@ -224,15 +246,15 @@ class Lease:
             if state == OURS:
                 return current
             if state == HELD or (state == EXPIRED and not same_row(current, replace)):
-                raise GaleraError(f"the desync lease is taken: {describe(current)}", conflict=True,
+                raise GaleraError(f"the {self.label} is taken: {self.describe(current)}", conflict=True,
                                   holder=current)
             if current:
-                self.node.query(f"DELETE FROM {self.table} WHERE lease_key = %s", (LEASE_KEY,))
+                self.node.query(f"DELETE FROM {self.table} WHERE lease_key = %s", (self.key,))
             self.node.query(
                 f"INSERT INTO {self.table} (lease_key, cluster_name, node, node_address, owner, acquired_at, "
                 f"expires_at, flow_control_sent_at_desync) VALUES (%s, %s, %s, %s, %s, UTC_TIMESTAMP(6), "
                 f"UTC_TIMESTAMP(6) + INTERVAL %s SECOND, %s)",
-                (LEASE_KEY, cluster_name, node, node_address, owner, int(ttl), flow_control_sent),
+                (self.key, cluster_name, node, node_address, owner, int(ttl), flow_control_sent),
             )
             return dict(cluster_name=cluster_name, node=node, node_address=node_address, owner=owner,
                         flow_control_sent_at_desync=flow_control_sent, expired=False, seconds_left=int(ttl))
@@ -250,11 +272,11 @@ class Lease:
             if judge(current, owner, node) != OURS:
                 return False
             self.node.query(f"DELETE FROM {self.table} WHERE lease_key = %s AND owner = %s AND node = %s",
-                            (LEASE_KEY, owner, node))
+                            (self.key, owner, node))
             self.node.query(
                 f"INSERT INTO {self.table} (lease_key, cluster_name, node, node_address, owner, acquired_at, "
                 f"expires_at, flow_control_sent_at_desync) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (LEASE_KEY, old.get("cluster_name"), old["node"], old.get("node_address"), old["owner"],
+                (self.key, old.get("cluster_name"), old["node"], old.get("node_address"), old["owner"],
                  old["acquired_at"], old["expires_at"],
                  old.get("flow_control_sent_at_desync")),
             )
@@ -270,7 +292,7 @@ class Lease:
         self.node.query(
             f"UPDATE {self.table} SET expires_at = UTC_TIMESTAMP(6) + INTERVAL %s SECOND "
             f"WHERE lease_key = %s AND owner = %s AND node = %s AND expires_at > UTC_TIMESTAMP(6)",
-            (int(ttl), LEASE_KEY, owner, node),
+            (int(ttl), self.key, owner, node),
         )
         return self.node.conn.affected_rows() == 1
 
@@ -282,7 +304,7 @@ class Lease:
         self.node.query(
             f"UPDATE {self.table} SET flow_control_sent_at_desync = %s "
             f"WHERE lease_key = %s AND owner = %s AND node = %s",
-            (None if flow_control_sent is None else int(flow_control_sent), LEASE_KEY, owner, node),
+            (None if flow_control_sent is None else int(flow_control_sent), self.key, owner, node),
         )
         return self.node.conn.affected_rows() == 1
 
@@ -291,7 +313,7 @@ class Lease:
         try:
             self.node.query(
                 f"DELETE FROM {self.table} WHERE lease_key = %s AND owner = %s AND node = %s",
-                (LEASE_KEY, owner, node),
+                (self.key, owner, node),
             )
         except Exception as exc:
             if mysql_errno(exc) in _MISSING_ERRNOS:
@@ -316,7 +338,7 @@ class Lease:
         """Delete exactly this (expired or forced) row of another owner."""
         self.node.query(
             f"DELETE FROM {self.table} WHERE lease_key = %s AND owner = %s AND node = %s",
-            (LEASE_KEY, row["owner"], row["node"]),
+            (self.key, row["owner"], row["node"]),
         )
         return self.node.conn.affected_rows() == 1
 
