@@ -75,3 +75,24 @@ def run_playbook(request, playbook: str, *extra: str, timeout: int = 900):
                          timeout=timeout, check=False, env=playbook_env())
     run.output = " ".join((run.stdout + "\n" + run.stderr).split())
     return run
+
+
+def grep_node(node: str, needles: list, paths: list) -> str:
+    """Files under ``paths`` on ``node`` holding any needle (the needles go on stdin, never argv).
+
+    A control string planted first must be found, so a grep that did not run (docker exec failing, a
+    missing container, a wrong path) fails the test instead of passing it.
+    """
+    control_file = "/var/tmp/dbtools-secrets-control"
+    control = "dbtools-control-" + os.urandom(8).hex()
+    subprocess.run(["docker", "exec", "-i", node, "sh", "-c", f"cat > {control_file}"], input=control, text=True,
+                   check=True)
+    try:
+        found = subprocess.run(["docker", "exec", "-i", node, "grep", "-rlF", "-f", "-", control_file, *paths],
+                               input="\n".join(list(needles) + [control]) + "\n", capture_output=True, text=True,
+                               check=False)
+    finally:
+        subprocess.run(["docker", "exec", node, "rm", "-f", control_file], check=True)
+    assert found.returncode in (0, 2), f"grep did not run on {node}: rc {found.returncode} {found.stderr}"
+    assert control_file in found.stdout.splitlines(), f"the control string was not found on {node}: {found}"
+    return "\n".join(line for line in found.stdout.splitlines() if line != control_file)

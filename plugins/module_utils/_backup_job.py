@@ -17,6 +17,14 @@
 - ``finish``: publishes a good backup (manifest written last, atomic rename that never replaces
   anything) or discards this run's own partial and records the failure; always removes the run's
   private files.
+
+A streamed backup (``galera_backup_stream_to``, see ``_backup_runner``) keeps only its local record
+here: the partial holds meta/, tables.json, backup.log and SHA256SUMS, never the data. Pre-flight
+checks the destination answers and needs room for the record only; ``finish`` sends the record's
+files, verifies every file at the destination, writes the manifest there last, then publishes the
+record here (its manifest says ``streamed_to``) and applies retention at the destination with that
+entry's rules. An incremental's parent is then chosen among the backups AT the destination (the
+chain must be restorable from there); a local backup never builds on a streamed one.
 """
 
 from __future__ import annotations
@@ -31,18 +39,24 @@ import socket
 import subprocess
 import tempfile
 import time
+from datetime import datetime, timezone
 
 from ansible_collections.dbtools.galera.plugins.module_utils import (
     _backup_runner,
+    _binlog,
     _catalog,
     _crypto,
     _manifest,
+    _metrics,
     _paths,
     _plan,
     _proc,
     _restore,
+    _restore_job,
     _retention,
+    _stores,
     _tools,
+    _wsrep,
 )
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
@@ -58,6 +72,10 @@ START_TIMEOUT = 30.0
 NOTHING = "Nothing was changed."
 LOGIN_KEYS = ("login_user", "login_password", "login_host", "login_port", "login_unix_socket", "config_file",
               "ca_cert", "client_cert", "client_key", "check_hostname", "connect_timeout")
+# A streamed backup's local record (manifest, meta/, tables.json, backup.log, SHA256SUMS): the least room
+# pre-flight asks for in galera_backup_dir instead of the backup's size (else twice the newest record's).
+STREAM_RECORD_BYTES = 64 * 1024
+STREAMED = "streamed_to"  # the manifest's record of where a streamed backup's data is
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +143,9 @@ def preflight(params: dict) -> dict:
         raise GaleraError(f"galera_backup_verify=prepare needs a physical backup, not {tool}. {NOTHING}")
     if s["type"] == "incremental" and not physical:
         raise GaleraError(f"galera_backup_type=incremental needs mariabackup or xtrabackup, not {tool}. {NOTHING}")
+    entry = _backup_runner.stream_entry(s)
+    if entry is not None:
+        check_stream_settings(entry, tool, s)
     checks = []
 
     # The directory: its text, where it is, who owns it.
@@ -165,9 +186,8 @@ def preflight(params: dict) -> dict:
                           f"(compress {s['compress']}, verify {s['verify']}). Install {_tools.install_hint(lacking)}, "
                           f"or choose another method. {NOTHING}")
 
-    # The key.
+    # The key (read now: a missing or empty key refuses before anything changes).
     key = load_key(s)
-    key_record_check = None
 
     # Where the tools' own login lands (a load balancer or a wrong socket would back up another node).
     login = login_of(params)
@@ -177,25 +197,49 @@ def preflight(params: dict) -> dict:
                           f"{node.get('node_name')!r} whose files would be copied (a load balancer, a wrong socket or "
                           f"host?). Point galera_backup_login_unix_socket / galera_backup_login_host at this node's "
                           f"server. {NOTHING}")
-    checks.append(f"the tools' login lands on {whoami['node_name']}")
+    # ... and it must be the server whose data directory is on THIS machine: a login pointing at another
+    # node would be consistent with itself (galera_info reached that node too) while the tools copy the
+    # files here. The node's group-communication uuid is in its own gvwstate.dat.
+    here = _wsrep.local_gcomm_uuid(whoami.get("datadir") or datadir)
+    if here and whoami.get("gcomm_uuid") and here != whoami["gcomm_uuid"]:
+        raise GaleraError(f"the login settings of this host reach node {whoami['node_name']!r}, whose Galera uuid "
+                          f"({whoami['gcomm_uuid']}) is not the one of the node whose data directory is on this host "
+                          f"({here}, in {os.path.join(whoami.get('datadir') or datadir, 'gvwstate.dat')}): the "
+                          f"backup would desync one node and copy another's files. Point this host's "
+                          f"galera_backup_login_host / galera_login_host (or the socket) at its own server. {NOTHING}")
+    checks.append(f"the tools' login lands on {whoami['node_name']}, the server of this host")
+
+    # A streamed backup's destination answers (its backups: the parents an incremental may build on).
+    store, at_store = None, []
+    if entry is not None:
+        store, at_store = open_stream_checked(s, entry)
+        checks.append(f"streams to {entry['name']} ({store.url('')}), which answers and holds {len(at_store)} "
+                      f"backup(s)")
+        others = [str(e.get("name")) for e in s.get("copies") or [] if e.get("name") != entry["name"]]
+        if others:
+            checks.append(f"galera_backup_copies' other entries ({', '.join(others)}) are not copied to: a streamed "
+                          f"backup has no local data to copy")
 
     # An incremental's parent: this node's newest good backup of the cluster with the same tool and key.
     parent, chain, parent_reason, backup_type, incremental_lsn = None, [], "", "full", None
     if s["type"] == "incremental":
-        catalog = _catalog.read_dir(directory) if exists else dict(backups=[])
+        if store is not None:
+            candidates = at_store  # the chain must be restorable from the destination
+        else:
+            catalog = _catalog.read_dir(directory) if exists else dict(backups=[])
+            candidates = [b for b in catalog["backups"] if not b.get(STREAMED)]  # no data here to build on
         found, parent_reason = _catalog.choose_parent(
-            catalog["backups"], cluster.get("name"), node.get("node_name"), tool, int(s["max_incrementals"]) + 1,
+            candidates, cluster.get("name"), node.get("node_name"), tool, int(s["max_incrementals"]) + 1,
             key_matches=lambda record: _crypto.key_matches(record or None, key),
             cluster_uuid=cluster.get("state_uuid"))
         if found is not None:
             parent, chain, backup_type = found["id"], list(found["chain"]), "incremental"
             incremental_lsn = found["position"]["to_lsn"]
-            key_record_check = found.get("encryption")
 
     # Free space for the backup (and the verification copy), and for gcache while desynced.
     data_bytes = int(server.get("data_bytes") or 0)
     verify_copy = s["verify"] in ("prepare", "restore")
-    need = int(data_bytes * float(s["free_space_factor"]))
+    need = int(data_bytes * float(s["free_space_factor"])) if store is None else record_room(directory, exists)
     free = _paths.free_bytes(directory)
     if verify_copy and _paths.same_filesystem(directory, verify_base):
         need += int(data_bytes * 1.1)
@@ -205,6 +249,10 @@ def preflight(params: dict) -> dict:
             raise GaleraError(f"{verify_base} has {_catalog.human_bytes(verify_free)} free, but the verification copy "
                               f"needs about {_catalog.human_bytes(data_bytes * 1.1)}. Free space or set "
                               f"galera_backup_verify_dir elsewhere. {NOTHING}")
+    if free < need and store is not None:
+        raise GaleraError(f"{directory} has {_catalog.human_bytes(free)} free, but even a streamed backup keeps its "
+                          f"local record there (manifest, metadata, the table list and the tool's log: about "
+                          f"{_catalog.human_bytes(need)}). Free space or choose another galera_backup_dir. {NOTHING}")
     if free < need:
         raise GaleraError(f"{directory} has {_catalog.human_bytes(free)} free, but the backup needs about "
                           f"{_catalog.human_bytes(need)} ({_catalog.human_bytes(data_bytes)} of table data and indexes "
@@ -220,7 +268,6 @@ def preflight(params: dict) -> dict:
 
     run_id = _manifest.new_run_id()
     started = time.time()
-    from datetime import datetime, timezone  # noqa: PLC0415
     backup_id = _manifest.backup_id(cluster.get("name"), params["node"], datetime.fromtimestamp(started, timezone.utc),
                                     run_id)
     base = run_base()
@@ -232,12 +279,57 @@ def preflight(params: dict) -> dict:
                server=dict(flavor=server.get("flavor"), version=server.get("version"),
                            provider_version=server.get("provider_version")),
                server_user=server_user, owner=params.get("owner"), host=socket.gethostname(),
-               binlog=bool(whoami.get("log_bin")), started_at=_backup_runner.utc_text(started),
+               binlog=bool(whoami.get("log_bin")), pitr=pitr_check(info, bool(whoami.get("log_bin")), checks),
+               started_at=_backup_runner.utc_text(started),
                started_epoch=started, created_dir=not exists, encrypted=key is not None,
                lease=True, checks=checks, data_bytes=data_bytes, gcache=gcache_check)
-    if key_record_check is not None:
-        run["parent_key_checked"] = True
+    if store is not None:
+        run["stream"] = dict(name=entry["name"], type=entry["type"], url=store.url(backup_id))
     return run
+
+
+def record_room(directory: str, exists: bool) -> int:
+    """The room a streamed backup's local record needs here: twice what the newest record takes on disk
+    (the tool's log and the table list grow with the number of tables), at least STREAM_RECORD_BYTES."""
+    catalogue = _catalog.read_dir(directory) if exists else dict(backups=[])
+    records = [b for b in catalogue["backups"] if b.get(STREAMED) and b.get("path")]
+    if not records:
+        return STREAM_RECORD_BYTES
+    newest = max(records, key=_catalog.backup_time)["path"]
+    used = 0
+    for top, dirs, files in os.walk(newest):
+        for name in dirs + files:
+            try:
+                used += os.lstat(os.path.join(top, name)).st_blocks * 512
+            except OSError:
+                pass
+    return max(STREAM_RECORD_BYTES, 2 * used)
+
+
+def check_stream_settings(entry: dict, tool: str, s: dict) -> None:
+    """Refuses what a streamed backup cannot be (pure)."""
+    name = entry["name"]
+    if tool not in _tools.PHYSICAL + ("mysqldump",) or s["compress"] != "zstd":
+        raise GaleraError(f"galera_backup_stream_to={name} sends one compressed stream to the store: it needs "
+                          f"galera_backup_compress=zstd and mariabackup, xtrabackup or mysqldump, not {tool} with "
+                          f"compress {s['compress']}. {NOTHING}")
+    if s["verify"] in ("prepare", "restore"):
+        raise GaleraError(f"galera_backup_verify={s['verify']} needs the backup on this node, and a streamed backup "
+                          f"is not here. Use galera_backup_verify=checksum with galera_backup_stream_to (the stream "
+                          f"is tested as it passes and verified at {name}), and drill restores from {name} "
+                          f"(dbtools.galera.restore_drill). {NOTHING}")
+
+
+def open_stream_checked(s: dict, entry: dict) -> tuple:
+    """(store, its complete backups) of the destination of a streamed backup; GaleraError when it does
+    not answer (wrong address, credentials, host key), nothing changed."""
+    try:
+        _entry, store = _backup_runner.open_stream(s)
+        backups, _problems = _restore_job.catalogue(store)
+    except GaleraError as exc:
+        raise GaleraError(f"galera_backup_stream_to={entry['name']}: "
+                          f"{exc.msg.replace(_stores.UNTOUCHED, NOTHING)}", **exc.details) from None
+    return store, backups
 
 
 def default_verify_dir(directory: str) -> str:
@@ -276,8 +368,10 @@ def tools_login(login: dict) -> dict:
     try:
         cnf = os.path.join(scratch, CNF)
         _tools.write_private(cnf, _tools.option_file_text(login))
-        argv = _tools.client_argv(cnf, "SELECT @@wsrep_node_name, @@datadir, @@log_bin")
+        argv = _tools.client_argv(cnf, "SELECT @@wsrep_node_name, @@datadir, @@log_bin, (SELECT VARIABLE_VALUE FROM "
+                                       "information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'WSREP_GCOMM_UUID')")
         try:
+            # pylint: disable-next=ansible-bad-function  # pre-flight helper without the AnsibleModule (it gets params only)
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         except (OSError, subprocess.SubprocessError) as exc:
             raise GaleraError(f"cannot run the SQL client {argv[0]}: {exc}. {NOTHING}") from exc
@@ -287,9 +381,51 @@ def tools_login(login: dict) -> dict:
                               f"tools read them from an option file). {NOTHING}")
         fields = (done.stdout.strip().splitlines() or [""])[-1].split("\t")
         return dict(node_name=fields[0] if fields else None, datadir=fields[1] if len(fields) > 1 else None,
-                    log_bin=len(fields) > 2 and fields[2] == "1")
+                    log_bin=len(fields) > 2 and fields[2] == "1", gcomm_uuid=fields[3] if len(fields) > 3 else None)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def pitr_check(info: dict, log_bin: bool, checks: list) -> dict:
+    """Whether this backup can start a point-in-time recovery (galera_info's ``binlog`` verdict of the
+    node), said in ``checks``; never refuses (a backup without the binary log is still a backup).
+    Returns what ``binlog_position`` needs: ``domain`` (the cluster's GTID domain) and ``dir``."""
+    facts = info.get("binlog") if isinstance(info.get("binlog"), dict) else {}
+    base = facts.get("basename")
+    out = dict(ready=bool(facts.get("ready")) and log_bin, domain=facts.get("cluster_domain"),
+               dir=os.path.dirname(base) if isinstance(base, str) and os.path.isabs(base) else None,
+               missing=list(facts.get("missing") or ([] if log_bin else ["the binary log is off (log_bin)"])))
+    if out["ready"]:
+        checks.append(f"binary log on with wsrep GTIDs (cluster domain {out['domain']}): the manifest records the GTID "
+                      f"position a point-in-time recovery replays from")
+    else:
+        missing = out["missing"] or ["binlog settings unknown"]
+        checks.append("this backup cannot start a point-in-time recovery: " + "; ".join(missing))
+    return out
+
+
+def binlog_position(run: dict, binlog) -> dict | None:
+    """The manifest's ``position.binlog`` with its GTID: the tool's, else computed from the binlog
+    file and offset the tool recorded (mariabackup writes none on a node whose server_id is not the
+    GTIDs'; mysqldump prints its GTID at the end of the dump), with ``gtid_source`` saying which, and
+    ``cluster_domain``/``cluster_seqno``: where a replay of the cluster's writes starts after."""
+    if not isinstance(binlog, dict):
+        return binlog
+    out = dict(binlog)
+    pitr = run.get("pitr") if isinstance(run.get("pitr"), dict) else {}
+    if out.get("gtid"):
+        out["gtid_source"] = f"{run.get('tool')}"
+    elif out.get("file") and out.get("position") and pitr.get("dir"):
+        path = os.path.join(pitr["dir"], os.path.basename(str(out["file"])))
+        try:
+            out["gtid"] = _binlog.position_gtid(path, int(out["position"]))
+            out["gtid_source"] = f"computed from {os.path.basename(path)} at {int(out['position'])}"
+        except (GaleraError, OSError, ValueError) as exc:
+            out["gtid_source"] = f"unknown: {getattr(exc, 'msg', None) or exc}"
+    if pitr.get("domain") is not None:
+        out["cluster_domain"] = pitr["domain"]
+        out["cluster_seqno"] = _binlog.seq_of(out.get("gtid"), pitr["domain"])
+    return out
 
 
 def gcache_estimate(gcache: dict, gcache_dir: str, max_duration: int, min_free: int) -> dict:
@@ -309,6 +445,13 @@ def gcache_estimate(gcache: dict, gcache_dir: str, max_duration: int, min_free: 
     worst = rate * max_duration
     spill = max(0.0, worst - size)
     room = None if free is None else max(0, free - min_free)
+    if free is not None and free < min_free:
+        # The watchdog's free-space guard would end the desync at its first look, whatever the write rate.
+        text = (f"{gcache_dir} (gcache.dir, where a desynced node's gcache pages go) is on a filesystem with "
+                f"{_catalog.human_bytes(free)} free, under the watchdog's reserve of {_catalog.human_bytes(min_free)} "
+                f"(the larger of galera_backup_min_free_bytes and galera_backup_min_free_fraction of the filesystem): "
+                f"the watchdog would stop the backup at once. Free space there, or lower the reserve")
+        return dict(refuse=True, text=text, rate=rate, free=free, worst=int(worst), seconds=0)
     if rate <= 0:
         text = (f"no cluster writes were measured: a desynced node's queue stays short (gcache {gcache_dir}, "
                 f"{_catalog.human_bytes(free) if free is not None else 'free space unknown'} free)")
@@ -335,6 +478,9 @@ def gcache_estimate(gcache: dict, gcache_dir: str, max_duration: int, min_free: 
 def start(params: dict) -> dict:
     run = checked_run(params["run"])
     s = dict(params["backup"])
+    if (run.get("stream") or {}).get("name", "") != (s.get("stream_to") or ""):
+        raise GaleraError(f"the run was prepared with galera_backup_stream_to={(run.get('stream') or {}).get('name', '')!r}, "
+                          f"this step got {s.get('stream_to') or ''!r}: pass the same settings to every step. {NOTHING}")
     uid = _paths.account(s["file_owner"], "galera_backup_file_owner", "user")
     gid = _paths.account(s["file_group"], "galera_backup_file_group", "group")
     # Checked again: the directory may have changed since preflight; still nothing is created yet.
@@ -545,13 +691,40 @@ def finish(params: dict) -> dict:
         good = not failure and state.get("done") and state.get("result") == "ok"
         if good:
             result.update(publish(run, s, state, params))
+            # Retention only after a good backup, so the newest restorable one (this) is always kept.
+            policy = _retention.policy_from_options(int(s["retention"]), s.get("keep_tiers") or None,
+                                                    s.get("keep_max_age") or None)
+            result["retention"] = _retention.prune(run["dir"], run["cluster"]["name"], policy, False,
+                                                   state_uuid=run["cluster"]["state_uuid"],
+                                                   margin=int(s.get("partial_margin") or s["lease_ttl"]))
+            if run.get("stream"):
+                result.update(stream_retention(run, s))
         else:
             reason = failure or state.get("error") or "the run did not finish"
             result.update(discard(run, s, state, params, reason))
     finally:
         shutil.rmtree(run["run_dir"], ignore_errors=True)
         shutil.rmtree(run["scratch"], ignore_errors=True)
+    if s.get("metrics_dir"):
+        metrics = write_metrics(run, s, params, result)
+        result.setdefault("warnings", []).extend(metrics.pop("warnings", []))
+        result.update(metrics)
     return result
+
+
+def write_metrics(run: dict, s: dict, params: dict, result: dict) -> dict:
+    """The node_exporter textfile of this cluster and node, after every run; never fails the run."""
+    try:
+        done = _metrics.write(s["metrics_dir"], run["cluster"]["name"], run["node"]["name"],
+                              result=result.get("manifest") or result.get("failure"),
+                              catalogue=_catalog.read_dir(run["dir"]), desync=params.get("desync") or {},
+                              resync=params.get("resync") or {})
+    except GaleraError as exc:
+        return dict(warnings=[f"metrics not written: {exc.msg}"])
+    out = dict(metrics=done["path"])
+    if done.get("problems"):
+        out["warnings"] = [f"metrics: {text}" for text in done["problems"]]
+    return out
 
 
 def publish(run: dict, s: dict, state: dict, params: dict) -> dict:
@@ -560,8 +733,15 @@ def publish(run: dict, s: dict, state: dict, params: dict) -> dict:
                           "nothing was published or deleted")
     uid = _paths.account(s["file_owner"], "galera_backup_file_owner", "user")
     gid = _paths.account(s["file_group"], "galera_backup_file_group", "group")
+    state = dict(state, out=dict(state["out"], binlog=binlog_position(run, state["out"].get("binlog"))))
     manifest = _manifest.build(run, state["out"], params.get("desync") or {}, params.get("resync") or {},
                                finished_at=_backup_runner.utc_text(), settings=s)
+    if run.get("stream"):
+        # At the destination first (verified, manifest last): the record here only follows a backup there.
+        manifest[STREAMED] = dict(name=run["stream"]["name"], type=run["stream"]["type"], url=run["stream"]["url"],
+                                  files=[state["out"]["stream"]["file"]])
+        _manifest.write_json_atomic(os.path.join(run["partial"], _manifest.MANIFEST), manifest)
+        publish_stream(run, s, state, params)
     os.unlink(os.path.join(run["partial"], _manifest.RUN_RECORD))
     _manifest.write_json_atomic(os.path.join(run["partial"], _manifest.MANIFEST), manifest)
     _give(run["partial"], uid, gid)
@@ -585,9 +765,90 @@ def discard(run: dict, s: dict, state: dict, params: dict, reason: str) -> dict:
         resync = params.get("resync") or {}
         record = _manifest.failure_record(run, reason, params.get("failed_step") or state.get("step"),
                                           resynced=resync.get("desynced") is False)
+        out["failure"] = record
         try:
             _manifest.write_json_atomic(run["failed"], record)
             out.update(changed=True, failure_record=run["failed"])
         except OSError as exc:
             out["failure_record_error"] = f"{run['failed']}: {exc.strerror or exc}"
+    if run.get("stream"):
+        out.update(discard_stream(run, s))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A streamed backup at its destination
+
+def publish_stream(run: dict, s: dict, state: dict, params: dict) -> None:
+    """Send the local record's files to the destination, verify every file there, write the manifest
+    there last. On failure the run is discarded here and there, recorded as failed, and this raises."""
+    where = f"{run['stream']['name']} ({run['stream']['url']})"
+    try:
+        entry, store = _backup_runner.open_stream(s)
+        if entry is None or entry["name"] != run["stream"]["name"]:
+            raise GaleraError(f"this step got galera_backup_stream_to={s.get('stream_to') or ''!r}, not the run's "
+                              f"{run['stream']['name']!r}")
+        local = _stores.LocalBackup(run["partial"], streamed=[state["out"]["stream"]["file"]], backup_id=run["id"])
+        store.publish_stream(local)
+    except GaleraError as exc:
+        done = discard(run, s, state, params, f"verifying and publishing the streamed backup at {where}: {exc.msg}")
+        raise GaleraError(f"the streamed backup {run['id']} was not published at {where}: {exc.msg} It was discarded "
+                          f"(here and, where it could be, there) and the failure recorded"
+                          f"{' in ' + done['failure_record'] if done.get('failure_record') else ''}.",
+                          discarded=done.get("discarded"), failure_record=done.get("failure_record"),
+                          stream_discarded=done.get("stream_discarded")) from None
+
+
+def discard_stream(run: dict, s: dict) -> dict:
+    """Remove this run's staging place at the destination (only when its run record is this run's)."""
+    where = f"{run['stream']['name']} ({run['stream']['url']})"
+    try:
+        _entry, store = _backup_runner.open_stream(s)
+        removed = store is not None and store.abort_stream(run["id"], run["run_id"])
+    except GaleraError as exc:
+        return dict(stream_discarded=False,
+                    warnings=[f"the unfinished streamed backup at {where} was not removed ({exc.msg}); it does not "
+                              "count as a backup, and retention there removes it once its run record proves it "
+                              "abandoned"])
+    return dict(stream_discarded=bool(removed))
+
+
+def stream_retention(run: dict, s: dict) -> dict:
+    """Retention at the destination after a good streamed backup, with that galera_backup_copies entry's
+    rules (keep, keep_tiers, max_age; the role's by default), as galera_backup_copy applies it to copies.
+    A failure there is a warning: the backup is good and published."""
+    where = f"{run['stream']['name']} ({run['stream']['url']})"
+    try:
+        entry, store = _backup_runner.open_stream(s)
+        policy = _retention.policy_from_options(int(entry.get("keep") or s["retention"]),
+                                                entry.get("keep_tiers") or s.get("keep_tiers") or None,
+                                                entry.get("max_age") or s.get("keep_max_age") or None)
+        planned = _retention.run(store, run["cluster"]["name"], policy, False,
+                                 state_uuid=run["cluster"]["state_uuid"],
+                                 margin=int(s["max_duration"]) + int(s["lease_ttl"]), protect=[run["id"]])
+    except GaleraError as exc:
+        return dict(stream_retention=None, warnings=[f"retention at {where} failed: {exc.msg} The backup is good and "
+                                                     "published there."])
+    out = dict(stream_retention=dict(removed=planned["remove"], removed_partial=planned["remove_partial"],
+                                     kept=planned["kept"], in_flight=planned["in_flight"], refused=planned["refused"],
+                                     problems=planned["problems"]))
+    warnings = [f"retention at {where}: {text}" for text in planned["problems"]]
+    try:
+        out["stream_retention"]["removed_records"] = drop_records(run["dir"], planned["remove"], entry["name"])
+    except GaleraError as exc:
+        warnings.append(f"the local records of backups retention removed at {where} were not all removed: {exc.msg}")
+    if warnings:
+        out["warnings"] = warnings
+    return out
+
+
+def drop_records(directory: str, removed: list, name: str) -> list:
+    """Remove the local records (``<id>/`` here) of the streamed backups that retention just removed at
+    the destination ``name``: only ids retention proved this cluster's, only records whose manifest
+    says they were streamed to that destination, so the catalogue here never counts a backup gone there."""
+    local = _stores.LocalStore(directory)
+    manifests = local.list()["manifests"]
+    records = [i for i in removed
+               if isinstance(manifests.get(i), dict) and (manifests[i].get(STREAMED) or {}).get("name") == name]
+    local.delete(records)
+    return records

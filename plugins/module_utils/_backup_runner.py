@@ -13,6 +13,12 @@ It is the leader of its own process group (the tool and its pipeline are in it),
 run stops all of it. Its state file (0600, written atomically) says the step, the bytes written and,
 at the end, the result; the credentials' option file and key file are removed when it ends, whatever
 happened, so a dead controller leaves no secret on the node.
+
+With ``galera_backup_stream_to`` the compressed (and encrypted) stream goes straight into that
+store (``_stores``' ``open_writer``) instead of a local file: its sha256 and MAC are computed, and
+its compression tested (``zstd -t``, after decryption), as it passes; only the small files (meta/,
+tables.json, backup.log, SHA256SUMS) stay here, as the backup's local record. ``_backup_job.finish``
+then verifies it at the destination and writes its manifest there last.
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ from datetime import datetime, timezone
 
 from ansible_collections.dbtools.galera.plugins.module_utils import (
     _connection,
+    _copy,
     _crypto,
     _lease,
     _manifest,
     _proc,
     _restore,
+    _stores,
     _tools,
     _wsrep,
     _xbstream,
@@ -47,6 +55,9 @@ LOG = "backup.log"
 STREAM_OUT = _restore.STREAM_BASE + ".zst"
 DUMP_OUT = _restore.DUMP_BASE
 EXCLUDED = (_manifest.MANIFEST, _manifest.SUMS, _manifest.RUN_RECORD)
+STREAM_KINDS = ("ssh", "s3")
+# What a galera_backup_copies entry holds besides the store's own options.
+ENTRY_ONLY = ("keep", "keep_tiers", "max_age")
 
 
 def utc_text(moment: float | None = None) -> str:
@@ -54,17 +65,56 @@ def utc_text(moment: float | None = None) -> str:
     return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def stream_entry(settings: dict) -> dict | None:
+    """The ``galera_backup_copies`` entry that ``galera_backup_stream_to`` names (settings ``stream_to``
+    and ``copies``), or None when the backup is not streamed. GaleraError when it names none, or one
+    that is not an SSH or S3 store."""
+    name = settings.get("stream_to") or ""
+    if not name:
+        return None
+    entries = [e for e in settings.get("copies") or [] if isinstance(e, dict) and e.get("name") == name]
+    names = ", ".join(str(e.get("name")) for e in settings.get("copies") or [] if isinstance(e, dict)) or "none"
+    if len(entries) != 1:
+        raise GaleraError(f"galera_backup_stream_to={name!r} must name exactly one entry of galera_backup_copies by its "
+                          f"name ({len(entries)} do; the names are: {names}). Nothing was changed.")
+    if entries[0].get("type") not in STREAM_KINDS:
+        raise GaleraError(f"galera_backup_stream_to={name!r} names a destination of type {entries[0].get('type')!r}: "
+                          f"a backup streams only to an ssh or s3 entry. Nothing was changed.")
+    return entries[0]
+
+
+def open_stream(settings: dict):
+    """(entry, store) of the destination a streamed backup goes to; (None, None) when not streamed."""
+    entry = stream_entry(settings)
+    if entry is None:
+        return None, None
+    opts = {k: v for k, v in entry.items() if k not in ENTRY_ONLY}
+    return entry, _copy.open_store(_stores.CommandRunner(), opts)
+
+
 class Stopped(Exception):
     """The run was told to stop (SIGTERM from the watchdog's guard or from an abort, or its time limit)."""
 
 
 class Sink:
-    """Where a stream ends: a file written 0600, its sha256 and (encrypted) MAC computed as it passes."""
+    """Where a stream ends: a file written 0600, its sha256 and (encrypted) MAC computed as it passes.
 
-    def __init__(self, path: str, mac=None):
+    With ``writer`` (a store's, see ``_stores``) the stream goes there instead of ``path`` (then a URL,
+    for messages), and ``check`` (a pipeline reading stdin: decrypt, ``zstd -t``) tests it as it
+    passes; ``close`` commits it only when that test passed and ``guard()`` (the run's stop check)
+    does not raise; ``abort`` drops it."""
+
+    def __init__(self, path: str, mac=None, writer=None, check=None, rel: str | None = None, guard=None):
         self.path = path
-        self.handle = open(path, "xb")  # pylint: disable=consider-using-with
-        os.chmod(path, 0o600)
+        self.rel = rel or os.path.basename(path)
+        self.writer = writer
+        self.check = check
+        self.guard = guard
+        if writer is None:
+            self.handle = open(path, "xb")  # pylint: disable=consider-using-with
+            os.chmod(path, 0o600)
+        else:
+            self.handle = writer
         self.sha = hashlib.sha256()
         self.mac = mac
         self.bytes = 0
@@ -74,21 +124,59 @@ class Sink:
         self.sha.update(data)
         if self.mac is not None:
             self.mac.update(data)
+        if self.check is not None and self.check.stdin is not None:
+            try:
+                self.check.stdin.write(data)
+            except BrokenPipeError:  # the test ended early: close() reports how
+                stdin, self.check.stdin = self.check.stdin, None
+                try:
+                    stdin.close()
+                except OSError:
+                    pass
         self.bytes += len(data)
 
     def close(self) -> None:
-        if not self.handle.closed:
+        if self.writer is not None:
+            if self.check is not None:
+                try:
+                    if self.check.stdin is not None:
+                        self.check.stdin.close()
+                except BrokenPipeError:
+                    pass
+                try:
+                    self.check.wait(f"testing {self.rel} as it was streamed ("
+                                    f"{'decrypting and ' if self.mac is not None else ''}decompressing it)")
+                except GaleraError:
+                    self.writer.abort()
+                    raise
+            if self.guard is not None:
+                self.guard()  # a run told to stop never commits what it streamed (drain aborts it)
+            self.writer.close()
+        elif not self.handle.closed:
             self.handle.flush()
             os.fsync(self.handle.fileno())
             self.handle.close()
 
+    def abort(self) -> None:
+        """Drop the stream (a store's writer) or close the file; never raises."""
+        if self.check is not None:
+            self.check.kill()
+        if self.writer is not None:
+            self.writer.abort()
+        elif not self.handle.closed:
+            self.handle.close()
+
     def drain(self, src) -> None:
-        while True:
-            data = src.read(BLOCK)
-            if not data:
-                break
-            self.write(data)
-        self.close()
+        try:
+            while True:
+                data = src.read(BLOCK)
+                if not data:
+                    break
+                self.write(data)
+            self.close()
+        except BaseException:
+            self.abort()
+            raise
 
 
 class Tee:
@@ -141,12 +229,15 @@ class Runner:
         self.partial = run["partial"]
         self.log = os.path.join(self.partial, LOG)
         self.lock = threading.Lock()
-        self.state = dict(run_id=run["run_id"], id=run["id"], step="starting", done=False, result=None,
-                          error=None, started_at=utc_text(), bytes=0, process=None)
+        # The cluster (name, state uuid) makes the run directory provably this cluster's: the next run's start
+        # sweeps it once its runner is dead (_backup_job.sweep); without it a dead run's directory stayed forever.
+        self.state = dict(run_id=run["run_id"], id=run["id"], cluster=run.get("cluster"), step="starting", done=False,
+                          result=None, error=None, started_at=utc_text(), bytes=0, process=None)
         self.pipelines = []
         self.stopping = None
         self.sinks = []
         self.record = None
+        self.store = None  # the destination of a streamed backup (galera_backup_stream_to)
         self.started = time.monotonic()
 
     # -- state ---------------------------------------------------------------------------------
@@ -224,12 +315,21 @@ class Runner:
             _manifest.write_json_atomic(os.path.join(self.partial, _manifest.RUN_RECORD), self.record)
             threading.Thread(target=self._reporter, daemon=True).start()
             timer.start()
+            if self.run.get("stream"):
+                self.step(f"opening the stream to {self.run['stream']['name']} ({self.run['stream']['url']})")
+                _entry, self.store = open_stream(self.s)
+                self.store.begin_stream(self.run["id"], self.record)
             out = self.backup()
             self.save(done=True, result="ok", step="done", out=out, bytes=out["checksum"]["bytes"])
         except (GaleraError, Stopped) as exc:
             text = exc.msg if isinstance(exc, GaleraError) else str(exc)
+            if self.stopping and isinstance(exc, GaleraError):
+                # The tools were killed because the run was told to stop: that is the cause to report.
+                text = f"{self.stopping} ({text[:300]})"
+            self.abort_stream()
             self.save(done=True, result="failed", error=f"{self.state['step']}: {text}")
         except BaseException as exc:  # a bug: keep the traceback where the operator finds it
+            self.abort_stream()
             self.save(done=True, result="failed",
                       error=f"{self.state['step']}: unexpected {type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc()[-4000:])
@@ -239,6 +339,18 @@ class Runner:
                 pipeline.kill()
             self.cleanup_secrets()
             shutil.rmtree(self.run["scratch"], ignore_errors=True)
+
+    def abort_stream(self) -> None:
+        """A failed streamed run: drop its streams and its staging place at the destination (what a
+        kill leaves, finish's discard or retention there removes later)."""
+        if self.store is None:
+            return
+        for sink in self.sinks:
+            sink.abort()
+        try:
+            self.store.abort_stream(self.run["id"], self.run["run_id"])
+        except GaleraError:
+            pass
 
     def cleanup_secrets(self) -> None:
         for path in (self.cnf, self.run.get("key_file_private")):
@@ -330,6 +442,7 @@ class Runner:
         ionice = _tools.find("ionice")
         if ionice:
             try:
+                # pylint: disable-next=ansible-bad-function  # the detached backup run: no AnsibleModule
                 done = subprocess.run([ionice, "-p", str(pid)], capture_output=True, text=True, timeout=5, check=False)
                 if done.returncode == 0:
                     applied["ionice"] = done.stdout.strip() or None
@@ -351,11 +464,18 @@ class Runner:
         tee = Tee(kind)
         copier = threading.Thread(target=tee.run, args=(tool.stdout, compress.stdin), daemon=True)
         copier.start()
-        sink = Sink(os.path.join(self.partial, rel), _crypto.Mac(self.key, record, rel) if encrypted else None)
+        sink = self._sink(rel, _crypto.Mac(self.key, record, rel) if encrypted else None, record)
         self.sinks.append(sink)
+        drained = False
         try:
             sink.drain(compress.stdout)
+            drained = True
         finally:
+            if not drained:
+                # Nobody reads the compressor any more (the destination is full, the run was stopped): end
+                # the pipeline, else the copier blocks on its stdin, the tool on the copier, and we on both.
+                compress.kill()
+                tool.kill()
             copier.join()
         tool.wait(f"{self.run['tool']}")
         if tee.error is not None:
@@ -373,6 +493,15 @@ class Runner:
             facts["encryption"] = record
         facts["tee"] = tee
         return facts
+
+    def _sink(self, rel: str, mac, record: dict | None) -> Sink:
+        """A file in the partial, or (streamed) a writer at the destination tested as it passes."""
+        if self.store is None:
+            return Sink(os.path.join(self.partial, rel), mac)
+        check = self._start(_restore.check_stages(rel, self.key_file, record), stdin=subprocess.PIPE)
+        writer = self.store.open_writer(self.run["id"], rel, size_hint=self.run.get("data_bytes"))
+        return Sink(f"{self.run['stream']['url']}/{rel}", mac, writer=writer, check=check, rel=rel,
+                    guard=self._check_stop)
 
     def run_tool(self) -> dict:
         tool = self.run["tool"]
@@ -452,12 +581,17 @@ class Runner:
     def checksum(self, encryption: dict | None) -> dict:
         """Write SHA256SUMS, then read every file back: its sha256, the compressed streams' integrity, and
         for encrypted streams the MAC and a decryption with the key."""
-        rels = self.files()
-        written = {os.path.basename(s.path): s.sha.hexdigest() for s in self.sinks}
+        streamed = {s.rel: s for s in self.sinks if s.writer is not None}  # at the destination, not here
+        rels = sorted(self.files() + list(streamed))
+        written = {s.rel: s.sha.hexdigest() for s in self.sinks if s.writer is None}
         lines = []
         total = 0
         for rel in rels:
             self._check_stop()
+            if rel in streamed:
+                lines.append(f"{streamed[rel].sha.hexdigest()}  ./{rel}\n")
+                total += streamed[rel].bytes
+                continue
             path = os.path.join(self.partial, rel)
             if "\n" in rel or "\\" in rel:
                 raise GaleraError(f"the backup holds a file whose name cannot be listed in SHA256SUMS: {rel!r}")

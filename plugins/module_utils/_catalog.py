@@ -18,7 +18,7 @@ import json
 import os
 from datetime import datetime, timezone
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _manifest
+from ansible_collections.dbtools.galera.plugins.module_utils import _binlog, _manifest
 # Backup ids, names and the manifest check live in _manifest alone.
 from ansible_collections.dbtools.galera.plugins.module_utils._manifest import (
     FAILED_SUFFIX, MANIFEST, check_manifest, cluster_name, cluster_uuid, is_partial, valid_id)
@@ -611,7 +611,10 @@ def _summary(backup: dict, by_id: dict, now: datetime) -> dict:
         encryption=encryption and dict(key_id=encryption.get("key_id"), cipher=encryption.get("cipher")),
         verify=verify.get("level"),
         position=dict(cluster_uuid=position.get("cluster_uuid"), seqno=position.get("seqno"),
-                      to_lsn=position.get("to_lsn")),
+                      to_lsn=position.get("to_lsn"),
+                      # the GTID position a point-in-time restore replays the binlog archive from
+                      binlog_gtid=(position.get("binlog") or {}).get("gtid")
+                      if isinstance(position.get("binlog"), dict) else None),
         restorable=reason is None,
         broken=reason,
         path=backup.get("path"),
@@ -879,3 +882,89 @@ def _drill_line(name: str, entry: dict, max_age) -> str:
     if last["result"] != "ok":
         text += f"; last drill FAILED at {last.get('finished_at')} ({last.get('step')}): {last.get('error')}"
     return text
+
+
+# ---------------------------------------------------------------------------------------------
+# The binlog archive: how far behind it is, and whether it has a gap
+
+ARCHIVE_CONDITIONS = ("archive_lag", "archive_gap", "no_archive")
+
+
+def _index_age(index: dict) -> tuple:
+    """Which of two copies of an archive index is newer: the catalogue's revision, then the cursor."""
+    last = index.get("last")
+    return int(index.get("revision") or 0), int(last) if isinstance(last, int) else -1
+
+
+def archive_freshness(reads: dict, now: datetime | None = None, max_lag: int | None = None, fail_on=(),
+                      problems=()) -> dict:
+    """Judge the binlog archive copies the nodes hold (``{host: galera_binlog_info result or None}``).
+
+    Per cluster: the newest index any node holds (highest revision), the union of the segment files
+    found on the nodes that answered, the lag (now minus ``archived_through``, the moment up to
+    which every committed write is archived) and the gaps: recorded gaps, holes, and segments whose
+    file no answering node holds. While a node did not answer, a segment not found is a problem
+    (it may be on that node), not a gap. Conditions: ``archive_lag`` (lag over ``max_lag``, or
+    unknown), ``archive_gap``, ``no_archive`` (no archive index found at all). The line starts
+    CRITICAL when a condition of ``fail_on`` holds, WARNING when another holds or on problems.
+    Returns ``dict(clusters={name: dict(index, lag_seconds, gaps, missing)}, alerts, failing,
+    problems, summary, checked_at)``.
+    """
+    now = now or utc_now()
+    problems = list(problems)
+    newest, files, silent = {}, {}, []
+    for host in sorted(reads or {}):
+        result = reads[host]
+        if not isinstance(result, dict) or not isinstance(result.get("archives"), dict):
+            silent.append(host)
+            continue
+        problems.extend(f"{host}: {text}" for text in result.get("problems") or [])
+        for name, entry in result["archives"].items():
+            index = entry.get("index") if isinstance(entry, dict) else None
+            files.setdefault(name, set()).update((entry or {}).get("files") or [])
+            if _binlog.valid_index(index) and (name not in newest or _index_age(index) > _index_age(newest[name])):
+                newest[name] = index
+    if silent:
+        problems.append(f"no archive listing from {', '.join(silent)} (unreachable, or its task failed): segments "
+                        "kept only there cannot be checked")
+    clusters, lagging, gapped, parts = {}, [], [], []
+    for name in sorted(newest):
+        index = newest[name]
+        checked = _binlog.check(index, files.get(name, set()) if not silent else None)
+        missing = [s.get("name") for s in index.get("segments") or []
+                   if s.get("kind") == "file" and s.get("name") not in files.get(name, set())]
+        if silent and missing:
+            problems.append(f"cluster {name}: {len(missing)} archived segment(s) not found on the nodes that answered "
+                            f"(first: {missing[0]})")
+        through = parse_time(index.get("archived_through"))
+        lag = round((now - through).total_seconds(), 1) if through is not None else None
+        clusters[name] = dict(index={k: v for k, v in index.items() if k != "segments"}, lag_seconds=lag,
+                              gaps=checked["gaps"], missing=missing, segments=len(index.get("segments") or []))
+        if max_lag is not None and (lag is None or lag > max_lag):
+            lagging.append(name)
+        if checked["gaps"]:
+            gapped.append(name)
+        lag_text = "unknown" if lag is None else f"{lag:.0f} s"
+        limit = f" (max {max_lag} s)" if max_lag is not None else ""
+        text = (f"cluster {name or '(unnamed)'} binlog archive up to {index.get('last_gtid')} ({index.get('last_time')}), "
+                f"lag {lag_text}{limit}{' TOO OLD' if name in lagging else ''}, "
+                f"{sum(1 for s in index.get('segments') or [] if s.get('kind') == 'file')} segment(s)")
+        for gap in checked["gaps"][:3]:
+            text += f"; {gap['text']}"
+        if len(checked["gaps"]) > 3:
+            text += f"; and {len(checked['gaps']) - 3} more gap(s)"
+        parts.append(text)
+    alerts = []
+    if lagging or (max_lag is not None and not newest):
+        alerts.append("archive_lag")
+    if gapped:
+        alerts.append("archive_gap")
+    if not newest:
+        alerts.append("no_archive")
+    failing = [c for c in ARCHIVE_CONDITIONS if c in alerts and c in fail_on]
+    level = "CRITICAL" if failing else ("WARNING" if alerts or problems else "OK")
+    line = f"{level}: " + ("; ".join(parts) if parts else "no binlog archive found")
+    if problems:
+        line += f"; {len(problems)} problem{'s' if len(problems) != 1 else ''}: {problems[0]}"
+    return dict(clusters=clusters, alerts=alerts, failing=failing, problems=problems,
+                summary=" ".join(line.split()), checked_at=format_time(now))

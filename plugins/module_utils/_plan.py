@@ -17,7 +17,7 @@ from __future__ import annotations
 import socket
 from datetime import datetime, timezone
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _paths, _tools
+from ansible_collections.dbtools.galera.plugins.module_utils import _catalog, _paths, _tools
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
 NOTHING = "Nothing was changed."
@@ -42,7 +42,7 @@ def check_settings(s: dict) -> list:
     for name in ("drain_timeout", "sync_timeout", "sample_seconds", "free_space_factor", "max_recv_queue",
                  "min_cluster_size", "max_incrementals", "throttle", "verify_sample", "min_free_bytes"):
         if name in s and s[name] is not None:
-            need(s[name] >= 0, f"{v}{name}={s[name]} must not be negative")
+            need(s[name] >= 0, f"{v}{name}={s[name]:g} must not be negative")
     if "progress_interval" in s:
         need(s["progress_interval"] >= 1, f"{v}progress_interval={s['progress_interval']} must be at least 1")
     if "hard_limit_fraction" in s:
@@ -64,8 +64,8 @@ def check_settings(s: dict) -> list:
          f"{v}type=incremental needs a physical method (mariabackup or xtrabackup), not {method}")
     need(s.get("verify", "checksum") != "prepare" or method in ("auto",) + _tools.PHYSICAL,
          f"{v}verify=prepare needs a physical backup (mariabackup or xtrabackup), not {method}; use checksum or restore")
-    for name, label in (("dir", f"{v}dir"), ("verify_dir", f"{v}verify_dir")):
-        if name == "verify_dir" and not s.get(name):
+    for name, label in (("dir", f"{v}dir"), ("verify_dir", f"{v}verify_dir"), ("metrics_dir", f"{v}metrics_dir")):
+        if name != "dir" and not s.get(name):
             continue
         try:
             _paths.check_dir_text(s.get(name), label)
@@ -92,6 +92,14 @@ def check_settings(s: dict) -> list:
         if option in OWN_OPTIONS:
             errors.append(f"{v}extra_args[{index}]={text!r}: the collection sets {option} itself (where the backup "
                           "goes and what it is); use the role's variables instead")
+    if "retention" in s or s.get("keep_tiers") or s.get("keep_max_age"):
+        tiers = s.get("keep_tiers") or {}
+        try:
+            if not isinstance(tiers, dict):
+                raise ValueError("keep_tiers must be a dict of tiers (hourly, daily, weekly, monthly, yearly)")
+            _catalog.retention_policy(s.get("retention") or None, max_age=s.get("keep_max_age") or None, **tiers)
+        except (TypeError, ValueError) as exc:
+            errors.append(f"{v}retention / {v}keep / {v}keep_max_age: {exc}")
     for index, dest in enumerate(s.get("copies") or []):
         errors.extend(f"{v}copies[{index}]: {text}" for text in check_copy(dest))
     return errors
@@ -131,6 +139,14 @@ def check_copy(dest) -> list:
     keep = dest.get("keep")
     if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
         errors.append(f"keep={keep!r} must be an integer of at least 1")
+    tiers = dest.get("keep_tiers")
+    if tiers is not None:
+        try:
+            if not isinstance(tiers, dict):
+                raise ValueError("keep_tiers must be a dict of tiers")
+            _catalog.retention_policy(keep or None, max_age=dest.get("max_age") or None, **tiers)
+        except (TypeError, ValueError) as exc:
+            errors.append(f"keep_tiers: {exc}")
     return errors
 
 
@@ -185,6 +201,18 @@ def plan(members: dict, hosts: list, alive: list, settings: dict, node: str = ""
         if size is not None and int(size) != expected:
             errors.append(f"{host} sees {size} members, {expected} expected (galera_backup_cluster_size, default: "
                           "the play's host count)")
+    # Two hosts of the play answering as one server: a login (host, port, socket) points at another node.
+    seen = {}
+    for host, info in infos.items():
+        if host in down:
+            continue
+        ident = _get(info, "status", "wsrep_gcomm_uuid") or _get(info, "node", "node_name")
+        if ident and ident in seen:
+            errors.append(f"{seen[ident]} and {host} reach the same server ({_get(info, 'node', 'node_name')}): the "
+                          f"login settings of one of them (galera_login_host/_port/_unix_socket) point at another "
+                          f"node; each host must reach its own server")
+        elif ident:
+            seen[ident] = host
     leases = [_get(i, "lease") for i in infos.values()]
     held = next((row for row in leases if isinstance(row, dict) and not row.get("expired")), None)
     if held:

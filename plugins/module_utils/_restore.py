@@ -235,7 +235,7 @@ class Throwaway:
         while time.monotonic() < deadline:
             if self.pipeline.procs[0].poll() is not None:
                 raise GaleraError(f"the restored copy's server exited while starting: "
-                                  f"{_tools.tail(self.error_log) or 'no message'}")
+                                  f"{_tools.tail(self.error_log) or _tools.tail(self.pipeline.log) or 'no message'}")
             if os.path.exists(self.socket):
                 try:
                     self.connect().close()

@@ -25,6 +25,13 @@ def max_recv_queue(given: int | None, variables: dict) -> int:
     return _wsrep.default_max_recv_queue(_wsrep.parse_provider_options(variables.get("wsrep_provider_options")))
 
 
+# A drained queue must stay drained for this many reads this far apart before wsrep_desync=OFF: a node
+# that only just caught up (right after a heavy backup step) can fall behind again within moments, and
+# OFF with a growing queue means JOINED, where it sends flow control.
+SETTLE_READS = 3
+SETTLE_INTERVAL = 0.05
+
+
 class Resync:
     """Drain, ``wsrep_desync=OFF``, wait for Synced, with the module's timeouts."""
 
@@ -46,20 +53,28 @@ class Resync:
         read made a moment ago: the first look at the queue uses it instead of reading again.
         """
         out = dict(drained=False, synced=False, drain_seconds=0.0, sync_seconds=0.0, max_recv_queue_seen=0)
-        drain = _wsrep.Poller(self.drain_timeout, self.poll_interval, self.clock, self.sleep)
+        started = self.clock()
         queue = None
         row = None
-        for _poll in drain:
+        settled = 0
+        while True:
             if first_status is not None:
                 row, first_status = first_status, None
             else:
                 row = node.status()
             queue = row.get("wsrep_local_recv_queue", 0)
             out["max_recv_queue_seen"] = max(out["max_recv_queue_seen"], queue or 0)
-            if queue is not None and queue <= self.max_recv_queue:
+            below = queue is not None and queue <= self.max_recv_queue
+            settled = settled + 1 if below else 0
+            if settled >= SETTLE_READS:
                 out["drained"] = True
                 break
-        out["drain_seconds"] = round(drain.elapsed, 3)
+            elapsed = self.clock() - started
+            if elapsed >= self.drain_timeout:
+                out["drained"] = below
+                break
+            self.sleep(min(SETTLE_INTERVAL if below else self.poll_interval, self.drain_timeout - elapsed))
+        out["drain_seconds"] = round(self.clock() - started, 3)
         if not out["drained"]:
             self.warn(f"the receive queue did not drain to {self.max_recv_queue} within drain_timeout="
                       f"{self.drain_timeout}s (last {queue}); resyncing anyway, so the node catches up in "

@@ -29,6 +29,7 @@ ALTERNATIVES = {
     "myloader": ("myloader",),
     "mysqldump": ("mariadb-dump", "mysqldump"),
     "client": ("mariadb", "mysql"),
+    "binlog": ("mariadb-binlog", "mysqlbinlog"),
     "server": ("mariadbd", "mysqld"),
     "install_db": ("mariadb-install-db", "mysql_install_db"),
     "extract": ("mbstream", "xbstream"),
@@ -252,6 +253,7 @@ class Pipeline:
                     self._opened.append(out)
                 else:
                     out = subprocess.DEVNULL
+                # pylint: disable-next=ansible-bad-function  # a pipeline: run_command cannot chain processes
                 proc = subprocess.Popen(argv, stdin=first_in if index == 0 else previous.stdout, stdout=out,
                                         stderr=logfile, env=env, close_fds=True)
                 if previous is not None:

@@ -227,6 +227,27 @@ def on_this_host(conn, variables: dict) -> bool:
     return bool(hostname) and hostname == socket.gethostname().split(".", maxsplit=1)[0]
 
 
+def local_gcomm_uuid(datadir: str | None) -> str | None:
+    """The group-communication uuid of the Galera node whose data directory is ``datadir`` on THIS
+    machine (``my_uuid`` of its ``gvwstate.dat``), or None when that file is not there or not readable.
+
+    A server reached through a login (socket, host and port) is the node whose files are here only if
+    its ``wsrep_gcomm_uuid`` is this one: a login pointing at another node (a load balancer, a wrong
+    host) reports another uuid.
+    """
+    if not datadir:
+        return None
+    try:
+        with open(os.path.join(datadir, "gvwstate.dat"), encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "my_uuid":
+                    return value.strip() or None
+    except OSError:
+        return None
+    return None
+
+
 def desync_refusals(snap: dict, min_cluster_size: int) -> list:
     """Why a node must not be desynced now (safety invariant 1); [] when it may be."""
     reasons = []

@@ -29,9 +29,19 @@ description:
   - O(step=wait) waits up to O(timeout) seconds and reports progress; it fails with the run's error.
   - O(step=abort) stops the run's whole process group.
   - O(step=finish) publishes a verified backup (C(manifest.json) written last, files 0600 owned by
-    O(backup.file_owner), the directory renamed to its final name without ever replacing one), or
-    discards this run's own partial backup and records the failure in C(<id>.failed.json); it always
-    removes the run's private files.
+    O(backup.file_owner), the directory renamed to its final name without ever replacing one) and
+    applies retention (the newest O(backup.retention) restorable backups of the cluster, with their
+    chains), or discards this run's own partial backup and records the failure in C(<id>.failed.json);
+    it always removes the run's private files, and with O(backup.metrics_dir) writes the node_exporter
+    textfile of the cluster and node (a failure to write it is a warning, never the run's failure).
+  - With O(backup.stream_to), the backup is streamed to that entry of O(backup.copies) (SSH or S3,
+    multipart) instead of being written here; its sha256 (and MAC, encrypted) is computed and its
+    compression tested as it passes. Only its local record (manifest, C(meta/), C(tables.json),
+    C(backup.log), C(SHA256SUMS)) is kept in O(backup.dir). O(step=finish) sends the record's files,
+    verifies every file at the destination, writes C(manifest.json) there last, publishes the record
+    here and applies retention there with that entry's rules. Pre-flight refuses
+    O(backup.verify=prepare) and O(backup.verify=restore), mydumper and O(backup.compress=none) with it,
+    and checks that the destination answers.
 author:
   - dbtools.galera developers (@dbtools)
 extends_documentation_fragment:
@@ -138,7 +148,110 @@ options:
       partial_margin:
         description: Seconds after which a dead run's leftovers may be removed (default O(backup.lease_ttl)).
         type: int
-      retention: {description: Backups kept (used by the role's retention step)., type: int, default: 7}
+      retention: {description: Restorable backups kept after a good backup (with the chains they need)., type: int, default: 7}
+      keep_tiers:
+        description: Calendar tiers of retention (hourly, daily, weekly, monthly, yearly), besides O(backup.retention).
+        type: dict
+        default: {}
+      keep_max_age:
+        description: Keep every restorable backup younger than this many seconds, besides the other rules; 0 is off.
+        type: int
+        default: 0
+      metrics_dir:
+        description: Directory of node_exporter's textfile collector; empty writes no metrics.
+        type: str
+        default: ""
+      stream_to:
+        description:
+          - The C(name) of the entry of O(backup.copies) to stream the backup to (no local copy of the data);
+            empty writes the backup here.
+        type: str
+        default: ""
+      copies:
+        description:
+          - The role's C(galera_backup_copies) while O(backup.stream_to) is set (the role passes an empty list
+            otherwise); only the entry O(backup.stream_to) names is used.
+          - Each entry has the options of M(dbtools.galera.galera_backup_copy)'s
+            O(dbtools.galera.galera_backup_copy#module:dest) and C(name), C(keep), C(keep_tiers), C(max_age).
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          type:
+            description: V(ssh) or V(s3) (V(local) is refused for streaming).
+            type: str
+            required: true
+            choices: [ssh, s3, local]
+          name:
+            description: The destination's name, which O(backup.stream_to) gives.
+            type: str
+          keep:
+            description: Backups kept at the destination (default O(backup.retention)).
+            type: raw
+          keep_tiers:
+            description: Calendar tiers kept at the destination (default O(backup.keep_tiers)).
+            type: dict
+          max_age:
+            description: Age in seconds below which every backup is kept at the destination (default O(backup.keep_max_age)).
+            type: int
+          host:
+            description: With V(ssh), the host.
+            type: str
+          port:
+            description: With V(ssh), the port.
+            type: int
+            default: 22
+          user:
+            description: With V(ssh), the user.
+            type: str
+            default: root
+          path:
+            description: With V(ssh), the directory of the backups there.
+            type: str
+          identity_file:
+            description: With V(ssh), the private key on the node.
+            type: path
+          known_hosts_file:
+            description: With V(ssh), the known_hosts file on the node.
+            type: path
+          strict_host_key_checking:
+            description: With V(ssh), V(yes) or V(accept-new).
+            type: str
+            choices: ["yes", accept-new]
+            default: "yes"
+          bwlimit:
+            description: With V(ssh), KiB/s at most (0 is no limit).
+            type: int
+            default: 0
+          bucket:
+            description: With V(s3), the bucket.
+            type: str
+          prefix:
+            description: With V(s3), the key prefix.
+            type: str
+            default: ""
+          endpoint_url:
+            description: With V(s3), the endpoint of an S3-compatible server.
+            type: str
+          region:
+            description: With V(s3), the region.
+            type: str
+          access_key:
+            description: With V(s3), the access key.
+            type: str
+          secret_key:
+            description: With V(s3), the secret key.
+            type: str
+          storage_class:
+            description: With V(s3), the storage class of the data.
+            type: str
+          validate_certs:
+            description: With V(s3), whether to check the endpoint's TLS certificate.
+            type: bool
+            default: true
+          ca_bundle:
+            description: With V(s3), a CA bundle on the node.
+            type: path
 notes:
   - The run's process is detached from the module (new session, its own process group, standard streams on
     /dev/null); the credentials reach the tools only through the 0600 option file, which the run removes when
@@ -210,9 +323,25 @@ failure_record:
   description: With O(step=finish), the failed-run record written, or null.
   returned: step finish
   type: str
+retention:
+  description: With O(step=finish) after a good backup, what retention removed and kept (see M(dbtools.galera.galera_backup_prune)).
+  returned: step finish, when published
+  type: dict
+metrics:
+  description: With O(step=finish) and O(backup.metrics_dir), the metrics file written.
+  returned: step finish, when metrics_dir is set
+  type: str
+stream_retention:
+  description: With O(step=finish) after a good streamed backup, what retention removed and kept at the destination.
+  returned: step finish, when streamed and published
+  type: dict
+stream_discarded:
+  description: With O(step=finish) after a failed streamed backup, whether its staging place at the destination was removed.
+  returned: step finish, when streamed and failed
+  type: bool
 """
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job
+from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job, _restore_job
 from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, run_local
 
 BACKUP_SPEC = dict(
@@ -244,6 +373,13 @@ BACKUP_SPEC = dict(
     lease_ttl=dict(type="int", default=300),
     partial_margin=dict(type="int"),
     retention=dict(type="int", default=7),
+    metrics_dir=dict(type="str", default=""),
+    keep_tiers=dict(type="dict", default={}),
+    keep_max_age=dict(type="int", default=0),
+    stream_to=dict(type="str", default=""),
+    copies=dict(type="list", elements="dict", default=[],
+                options=dict(_restore_job.store_options(), keep_tiers=dict(type="dict"), max_age=dict(type="int")),
+                required_if=[("type", "ssh", ("host", "path")), ("type", "s3", ("bucket",))]),
 )
 
 

@@ -17,6 +17,8 @@ description:
     bytes of that filesystem and how long its free space lasts at the measured write rate. A desynced
     node keeps every write-set it has not applied there, in C(gcache.page.*) files, for as long as
     the desync lasts.
+  - Reports the node's binary-log settings for point-in-time recovery (RV(binlog)), what is missing on this node and
+    the settings to add (docs/pitr.md), and who holds the binlog archive's lease.
   - Read-only; never creates the lease table.
 author:
   - dbtools.galera developers (@dbtools)
@@ -143,6 +145,19 @@ lease:
   description: The desync lease, or null when there is none (or no lease table).
   returned: always
   type: dict
+binlog:
+  description:
+    - The binary-log settings point-in-time recovery needs on this node, C(enabled) (C(log_bin)), C(format), C(log_slave_updates),
+      C(gtid_mode) (C(wsrep_gtid_mode)), C(cluster_domain) (C(wsrep_gtid_domain_id)), C(local_domain) (C(gtid_domain_id)),
+      C(server_id), C(basename), C(encrypted).
+    - C(ready), this node's verdict; C(missing), what is missing, one text each; C(settings), the lines to add under
+      C([mariadb]). That C(wsrep_gtid_domain_id) is the same and C(gtid_domain_id) distinct on every node is judged across
+      the nodes by the C(dbtools.galera.binlog_archive) playbook.
+    - C(archive_lease), the binlog archive's lease (who archives now), or null.
+  returned: always
+  type: dict
+  sample: {"enabled": true, "format": "ROW", "log_slave_updates": true, "gtid_mode": true, "cluster_domain": 1,
+           "local_domain": 11, "server_id": 1, "ready": true, "missing": [], "settings": [], "archive_lease": null}
 status:
   description: Every C(wsrep%) status variable, typed.
   returned: always
@@ -155,7 +170,7 @@ provider_options:
 
 import time
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _lease, _wsrep
+from ansible_collections.dbtools.galera.plugins.module_utils import _binlog, _binlog_archive, _lease, _wsrep
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, run
 
@@ -192,6 +207,13 @@ def gcache_facts(node, variables, provider, size, rate, window) -> dict:
                 dir=directory, dir_on_this_host=local, dir_free_bytes=free,
                 dir_total_bytes=space["total_bytes"] if space else None,
                 dir_free_seconds=round(free / rate, 1) if free is not None and rate else None)
+
+
+def binlog_facts(node, database: str, flavor: str) -> dict:
+    """The ``binlog`` field: the PITR settings verdict of this node and the archive lease."""
+    facts = _binlog.node_settings(_binlog_archive.read_variables(node), flavor)
+    facts["archive_lease"] = _binlog_archive.archive_lease(node, database).read()
+    return facts
 
 
 def main():
@@ -266,6 +288,7 @@ def main():
             ),
             gcache=gcache_facts(node, variables, provider, gcache_size, rate, window),
             lease=_lease.Lease(node, p["lease_database"]).read(),
+            binlog=binlog_facts(node, p["lease_database"], _wsrep.detect_flavor(variables)),
             status=status,
             provider_options=provider,
         )

@@ -7,8 +7,8 @@ load runs on galera-node3 three times:
 
   naive   mariabackup on the Synced node
   manual  the field notes' procedure: SET GLOBAL wsrep_desync=ON, mariabackup, OFF at once
-  role    ansible-playbook dbtools.galera.backup (desync with lease and watchdog, backup,
-          checksum, drain, resync, wait for Synced)
+  role    ansible-playbook dbtools.galera.backup (plan, one pre-flight call, desync with lease
+          and watchdog, the backup run with its checksums, drain, resync, publish, retention)
 
 The backup load is a real mariabackup run (throttled, so that its copy phase lasts some
 seconds) plus the applier freeze of design.md: during the tool's copy phase node3's wsrep
@@ -232,7 +232,10 @@ def run_procedure(arm: str, throttle: int, freezer: ToolFreezer) -> dict:
         docker_exec(BACKUP_NODE, *mariabackup_command(throttle, "manual.xbstream.zst"))
         set_desync("OFF")
     else:
-        env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+        counter = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"dbtools-bench-tasks-{os.getpid()}.json")
+        env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", TASK_COUNTER_FILE=counter,
+                   ANSIBLE_CALLBACK_PLUGINS=os.path.join(os.path.dirname(os.path.abspath(__file__)), "callback_plugins"),
+                   ANSIBLE_CALLBACKS_ENABLED="task_counter")
         run = subprocess.run(
             ["ansible-playbook", "-i", INVENTORY, "dbtools.galera.backup",
              "-e", f"galera_backup_node={BACKUP_NODE}", "-e", "galera_backup_method=mariabackup",
@@ -242,6 +245,13 @@ def run_procedure(arm: str, throttle: int, freezer: ToolFreezer) -> dict:
             capture_output=True, text=True, env=env, check=False, timeout=1800)
         if run.returncode != 0:
             raise RuntimeError("the backup playbook failed:\n" + run.stdout[-3000:] + run.stderr[-3000:])
+        with open(counter, encoding="utf-8") as handle:
+            counts = json.load(handle)
+        os.unlink(counter)
+        marks["tasks_on_node"] = counts["tasks"].get(BACKUP_NODE, 0)
+        marks["round_trips"] = sum(counts["round_trips"].values())
+        marks["task_names_on_node"] = counts["names"].get(BACKUP_NODE, [])
+    marks["end"] = time.monotonic()
     marks["synced"] = wait_synced()
     freezer.stop()
     if freezer.error:
@@ -293,6 +303,7 @@ def arm_figures(arm: str, samples: list[Sample], marks: dict, baseline_window: f
     span = cycle[-1].t - cycle[0].t if cycle else 1.0
     tool_seconds = marks["tool_end"] - marks["tool_start"]
     wall = marks["synced"] - t0
+    play = between(samples, t0, max(marks["end"], synced_at))
     return {
         "arm": arm,
         "title": ARM_TITLES[arm],
@@ -309,6 +320,10 @@ def arm_figures(arm: str, samples: list[Sample], marks: dict, baseline_window: f
         "applier_frozen_seconds": round(marks["frozen_seconds"], 1),
         "wall_seconds": round(wall, 1),
         "overhead_seconds": round(wall - tool_seconds, 1),
+        "tps_whole_run_pct": round(100 * rate(play) / base, 1) if base and len(play) > 1 else None,
+        "tasks_on_backup_node": marks.get("tasks_on_node"),
+        "module_round_trips": marks.get("round_trips"),
+        "task_names_on_backup_node": marks.get("task_names_on_node"),
     }
 
 
@@ -419,6 +434,9 @@ def print_table(figures: list[dict], adhoc: dict | None) -> None:
         ("backup tool time (s)", "backup_window_seconds"),
         ("wall time, procedure start to end (s)", "wall_seconds"),
         ("overhead: wall time minus tool time (s)", "overhead_seconds"),
+        ("cluster write rate over the whole run, % of baseline", "tps_whole_run_pct"),
+        ("tasks that ran a module on the backup node", "tasks_on_backup_node"),
+        ("module round trips, all hosts (retries included)", "module_round_trips"),
         ("baseline tps", "baseline_tps"),
     ]
     width = max(len(r[0]) for r in rows)

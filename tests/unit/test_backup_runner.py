@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import struct
+import sys
+import threading
 
 import pytest
 
@@ -112,3 +115,69 @@ def test_check_stages_test_an_encrypted_stream_and_catch_a_wrong_key(tmp_path):
     _crypto.write_key_file(str(wrong), b"another-key")
     with pytest.raises(GaleraError, match="zstd exited with 1"):
         _tools.Pipeline(_restore.check_stages(str(stream), str(wrong)), log, stdin=str(stream)).wait("checking")
+
+
+def test_a_destination_that_fills_up_ends_the_pipeline_instead_of_hanging(tmp_path):
+    """The sink fails (ENOSPC) while the tool still writes: the run must stop the compressor and the tool
+    and report the error, not wait forever for a copier blocked on a pipe nobody reads (a real hang on a
+    full backup directory: the node stayed desynced until max_duration)."""
+    class FullSink(_backup_runner.Sink):
+        def write(self, data: bytes) -> None:
+            if self.bytes > (1 << 20):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            super().write(data)
+
+    partial = tmp_path / "b.partial"
+    partial.mkdir()
+    run = dict(partial=str(partial), run_id="r1", id="x_y_z-r1", tool="mysqldump")
+    settings = dict(nice=0, ionice_class="none", ionice_level=7, compress_level=1, threads=1)
+    runner = _backup_runner.Runner(run, settings, {}, None, None, str(tmp_path / "client.cnf"), None)
+    runner._sink = lambda rel, mac, record: FullSink(str(partial / rel), mac)  # pylint: disable=protected-access
+    # An incompressible endless tool output (os.urandom), as a big table's dump would be.
+    tool = [sys.executable, "-c", "import os, sys\nwhile True: sys.stdout.buffer.write(os.urandom(1 << 16))"]
+    outcome = {}
+
+    def go():
+        try:
+            runner._stream(tool, "dump", "backup.sql")  # pylint: disable=protected-access
+        except BaseException as exc:  # pylint: disable=broad-except
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=go, daemon=True)
+    worker.start()
+    worker.join(30)
+    alive = worker.is_alive()
+    for pipeline in runner.pipelines:
+        pipeline.kill()
+    assert not alive, "the run hung on a full destination"
+    assert isinstance(outcome.get("error"), OSError) and outcome["error"].errno == errno.ENOSPC
+
+
+def test_a_dead_runs_directory_is_swept_by_the_next_runs_start(tmp_path):
+    """Soak seed soak-20261202, cycles 14-19: the controller was killed while its runner verified; the runner ended,
+    and its run directory (state.json, runner.pid) was never swept by the later runs on that node, because the
+    runner's state file did not name the cluster and the sweep leaves what it cannot prove is this cluster's."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job, _proc  # noqa: PLC0415
+
+    base, backups, verify = tmp_path / "run", tmp_path / "backups", tmp_path / "verify"
+    for path in (base, backups, verify):
+        path.mkdir()
+    cluster = dict(name="prod", size=3, state_uuid="0b1c2d3e-ee10-11f1-badf-06dfeb2593b0")
+    dead = _backup_job.run_paths(str(backups), "prod_n2_20261202T053516Z-9843f158", "9843f158", str(base), str(verify))
+    dead.update(cluster=cluster)
+    os.mkdir(dead["run_dir"])
+    child = subprocess.Popen(["true"])  # pylint: disable=consider-using-with
+    child.wait()
+    runner = _backup_runner.Runner(dead, {}, {}, None, None, dead["cnf"], None)
+    runner.save(process=dict(_proc.identity(), pid=child.pid), step="done", done=True, result="ok")
+    old = os.stat(dead["run_dir"]).st_mtime - 120
+    os.utime(dead["run_dir"], (old, old))
+    other = dict(cluster, state_uuid="ffffffff-ee10-11f1-badf-06dfeb2593b0")
+    new = _backup_job.run_paths(str(backups), "prod_n2_20261202T060000Z-0a1b2c3d", "0a1b2c3d", str(base), str(verify))
+    assert _backup_job.sweep(dict(new, cluster=other, run_base=str(base)), dict(backup=dict(lease_ttl=30)))["run_dirs"] == []
+    assert os.path.isdir(dead["run_dir"])  # another cluster's run (same name, other state uuid) is left alone
+    swept = _backup_job.sweep(dict(new, cluster=cluster, run_base=str(base)), dict(backup=dict(lease_ttl=30)))
+    assert swept["run_dirs"] == [dead["run_dir"]] and not os.path.exists(dead["run_dir"])

@@ -403,7 +403,7 @@ def test_freshness_ok_line(tmp_path):
     summary = result["newest"]["dbtools"]
     assert summary["age_seconds"] == 2.1 * 3600
     assert summary["encryption"] == {"key_id": "3f0a9c1d2b4e5f60", "cipher": "aes-256-ctr"}
-    assert summary["position"] == {"cluster_uuid": "uuid-dbtools", "seqno": 1234, "to_lsn": 1000}
+    assert summary["position"] == {"cluster_uuid": "uuid-dbtools", "seqno": 1234, "to_lsn": 1000, "binlog_gtid": None}
     assert summary["verify"] == "prepare" and summary["restorable"] is True
     assert result["last_run"]["dbtools"] == {"result": "ok", "at": full["finished_at"], "id": full["id"],
                                              "node": "galera-node3", "error": None}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from fake_galera import install, lost, mysql_error, once  # pylint: disable=import-error
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _desync, _wsrep
+from ansible_collections.dbtools.galera.plugins.module_utils import _resync, _desync, _wsrep
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
 OWNER = "t-owner"
@@ -425,9 +425,9 @@ def test_resync_reuses_the_first_status_read(cluster):
     Harness(cluster).desynced()
     h = Harness(cluster)
     h.synced()
-    # one read to judge (reused for the drain), three polls to Synced (Donor/Desynced, Joined,
-    # Synced), one read for the result
-    assert h.count("SHOW GLOBAL STATUS") == 5
+    # one read to judge (reused as the drain's first), two more drain reads (the queue must stay drained
+    # for SETTLE_READS reads), three polls to Synced (Donor/Desynced, Joined, Synced), one read for the result
+    assert h.count("SHOW GLOBAL STATUS") == 4 + _resync.SETTLE_READS
     assert h.count("SELECT lease_key") == 1
 
 

@@ -141,3 +141,17 @@ def test_default_owner_is_unique_per_microsecond():
     ("mydumper", "mariadb", "mydumper")])
 def test_resolve_method(method, flavor, tool):
     assert _plan.resolve_method(method, flavor) == tool
+
+
+def test_two_hosts_reaching_the_same_server_are_refused():
+    members = healthy()
+    for host in HOSTS:
+        members[host]["status"] = {"wsrep_gcomm_uuid": f"uuid-{host}"}
+        members[host]["node"]["node_name"] = host
+    assert _plan.plan(members, HOSTS, HOSTS, GOOD)["ok"]
+    # db3's login points at db2's server: both answer as db2.
+    members["db3"]["status"] = {"wsrep_gcomm_uuid": "uuid-db2"}
+    members["db3"]["node"]["node_name"] = "db2"
+    result = _plan.plan(members, HOSTS, HOSTS, GOOD)
+    assert not result["ok"]
+    assert any("db2 and db3 reach the same server (db2)" in e for e in result["errors"]), result["errors"]

@@ -274,3 +274,38 @@ def test_wait_until_ready_fails_at_once_on_a_refused_login(monkeypatch):
     with pytest.raises(GaleraError, match="Access denied") as info:
         _wait(cluster)
     assert cluster.clock.now == 0 and info.value.get("unreachable") is False
+
+
+def test_drain_waits_for_the_queue_to_stay_drained_before_resync():
+    """A queue that dips under the threshold once and grows again is not drained: OFF then would put
+    the node in JOINED with a growing queue."""
+    from ansible_collections.dbtools.galera.plugins.module_utils import _resync  # noqa: PLC0415
+
+    queues = iter([40, 5, 30, 4, 3, 2, 2, 2])
+    clock = [0.0]
+
+    class Node:
+        desync_off_at = None
+
+        def status(self):
+            return {"wsrep_local_recv_queue": next(queues), "wsrep_local_state": 4}
+
+        def set_desync(self, on):
+            assert on is False
+            Node.desync_off_at = clock[0]
+
+    def sleep(seconds):
+        clock[0] += seconds
+
+    resync = _resync.Resync(60, 10, 0.5, 8, lambda text: None, clock=lambda: clock[0], sleep=sleep)
+    out = resync.drain_and_resync(Node())
+    # 40 (wait 0.5) 5 (settle 0.05) 30 (reset, wait 0.5) 4, 3, 2: three drained reads in a row
+    assert out["drained"] and out["max_recv_queue_seen"] == 40
+    assert abs(Node.desync_off_at - (0.5 + 0.05 + 0.5 + 0.05 + 0.05)) < 1e-9
+
+
+def test_local_gcomm_uuid_reads_gvwstate(tmp_path):
+    (tmp_path / "gvwstate.dat").write_text("my_uuid: 394cb4b3-edfa-11f1-987f-6ae9239b0642\n#vwbeg\nview_id: 3 x 3\n")
+    assert _wsrep.local_gcomm_uuid(str(tmp_path)) == "394cb4b3-edfa-11f1-987f-6ae9239b0642"
+    assert _wsrep.local_gcomm_uuid(str(tmp_path / "missing")) is None
+    assert _wsrep.local_gcomm_uuid(None) is None

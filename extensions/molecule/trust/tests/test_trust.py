@@ -73,6 +73,20 @@ CASES = [
     ("desync would leave too few", ROLE, {"galera_backup_min_cluster_size": 3, "galera_backup_node": "galera-node3",
                                           "galera_backup_dir": "/var/backups/trust-ok"},
      "fewer than min_cluster_size=3"),
+    ("verify level unknown", ROLE, {"galera_backup_verify": "full"}, "value of galera_backup_verify must be one of"),
+    ("retention not a number", ROLE, {"galera_backup_retention": "many"}, "galera_backup_retention"),
+    ("tool not installed", ROLE, {"galera_backup_method": "xtrabackup", "galera_backup_dir": "/var/backups/trust-ok"},
+     "lacks xtrabackup"),
+    ("wrong password", ROLE, {"galera_backup_login_user": "dbtools_admin", "galera_backup_login_password": "wrong"},
+     "Access denied"),
+    ("prepare of a dump", ROLE, {"galera_backup_method": "mysqldump", "galera_backup_verify": "prepare"},
+     "needs a physical backup"),
+    ("dir under /proc", ROLE, {"galera_backup_dir": "/proc/galera"}, "galera_backup_dir=/proc/galera lies inside"),
+    ("negative lease ttl", ROLE, {"galera_backup_lease_ttl": -5}, "galera_backup_lease_ttl=-5 must be at least 10"),
+    ("negative drain timeout", ROLE, {"galera_backup_drain_timeout": -1},
+     "galera_backup_drain_timeout=-1 must not be negative"),
+    ("negative sample", ROLE, {"galera_backup_sample_seconds": -2},
+     "galera_backup_sample_seconds=-2 must not be negative"),
     ("desync lease database", MODULE, ("dbtools.galera.galera_desync",
                                        {"state": "desynced", "owner": "t", "lease_database": "a`b"}),
      "not a plain database name"),
@@ -203,6 +217,12 @@ def test_nothing_changed_on_any_node_and_nobody_is_desynced(batch):
             f"{node} changed:\nBEFORE\n{batch['before'][node]}\nAFTER\n{batch['after'][node]}")
     state = desynced_and_lease()
     assert state == {"galera-node1": 0, "galera-node2": 0, "galera-node3": 0, "lease": 0}, state
+    for node in NODES:
+        conn = admin_connection(node)
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'BACKUP STAGE%'")
+            assert cur.fetchone()[0] == 0, f"a backup lock was left on {node}"
+        conn.close()
 
 
 def test_the_playbooks_take_exactly_one_node(request):

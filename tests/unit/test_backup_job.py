@@ -1,0 +1,140 @@
+# Copyright: contributors to dbtools.galera
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The node-side steps around a run, on real temporary directories: wait, finish, sweeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job, _manifest, _proc
+from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
+
+UID, GID = os.getuid(), os.getgid()
+OWNER = __import__("pwd").getpwuid(UID).pw_name
+GROUP = __import__("grp").getgrgid(GID).gr_name
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    base = str(tmp_path / "run")
+    os.makedirs(base)
+    monkeypatch.setattr(_backup_job, "RUN_BASE", base)
+    directory = str(tmp_path / "backups")
+    os.makedirs(directory, mode=0o700)
+    run_id = "0123abcd"
+    backup = f"c1_n1_20261201T000000Z-{run_id}"
+    paths = _backup_job.run_paths(directory, backup, run_id, base, str(tmp_path / "verify"))
+    value = dict(paths, run_base=base, tool="mariabackup", physical=True, type="full", parent=None, chain=[],
+                 cluster=dict(name="c1", state_uuid="u1", size=3), node=dict(name="n1", wsrep_node_name="n1"),
+                 server=dict(flavor="mariadb", version="10.11", provider_version="26.4"), owner="o",
+                 host="h", started_at="2026-12-01T00:00:00Z", started_epoch=time.time())
+    os.makedirs(value["run_dir"], mode=0o700)
+    return value
+
+
+SETTINGS = dict(dir=None, retention=3, lease_ttl=300, file_owner=OWNER, file_group=GROUP, verify="checksum",
+                compress="zstd", throttle=0, nice=10, ionice_class="none", ionice_level=7, metrics_dir="")
+
+
+def state(run, **fields):
+    data = dict(run_id=run["run_id"], id=run["id"], step="starting", done=False, result=None,
+                process=_proc.identity())
+    data.update(fields)
+    _manifest.write_json_atomic(run["state_file"], data)
+
+
+def params(run, **extra):
+    return dict(dict(run=run, backup=dict(SETTINGS, dir=run["dir"]), timeout=0.3), **extra)
+
+
+def test_wait_before_the_run_reports_is_running_not_done(run):
+    # The run directory exists, the state file not yet: the run is starting. (Review item 4: a poll made
+    # before the job wrote its pid must not end the wait.)
+    out = _backup_job.wait(params(run))
+    assert out["running"] is True and out["done"] is False
+
+
+def test_wait_fails_with_the_runs_error(run):
+    state(run, done=True, result="failed", error="running mariabackup: disk full", step="running mariabackup")
+    with pytest.raises(GaleraError, match="disk full"):
+        _backup_job.wait(params(run))
+
+
+def test_wait_fails_when_the_run_died_without_a_result(run):
+    dead = dict(pid=999999, boot_id=_proc.boot_id(), start_ticks=1)
+    state(run, process=dead, step="running mariabackup")
+    with pytest.raises(GaleraError, match="ended without a result"):
+        _backup_job.wait(params(run))
+
+
+def test_wait_without_a_run_directory_fails(run):
+    os.rmdir(run["run_dir"])
+    with pytest.raises(GaleraError, match="never started on this node"):
+        _backup_job.wait(params(run))
+
+
+def test_checked_run_rederives_every_path(run):
+    forged = dict(run, partial="/var/lib/mysql", run_dir="/", state_file="/etc/shadow")
+    checked = _backup_job.checked_run(forged)
+    assert checked["partial"] == run["partial"] and checked["run_dir"] == run["run_dir"]
+    with pytest.raises(GaleraError, match="not a run of step=preflight"):
+        _backup_job.checked_run(dict(run, id="c1_n1_20261201T000000Z-ffffffff"))
+    with pytest.raises(GaleraError):
+        _backup_job.checked_run(dict(run, dir="/"))
+
+
+def make_partial(run, ours=True):
+    os.makedirs(run["partial"], mode=0o700)
+    with open(os.path.join(run["partial"], "backup.xbstream.zst"), "wb") as handle:
+        handle.write(b"data")
+    record = _manifest.run_record(run["run_id"] if ours else "ffffffff", run["id"], "c1", "u1", "o", "h",
+                                  _proc.identity(), "2026-12-01T00:00:00Z")
+    _manifest.write_json_atomic(os.path.join(run["partial"], _manifest.RUN_RECORD), record)
+
+
+OUT = dict(tool="mariabackup", tables=1, tool_seconds=1.0, galera_info="u1:5 ", to_lsn=9, from_lsn=0,
+           checksum=dict(files=1, bytes=4, sha256="a" * 64), verify=dict(level="checksum", result="ok"))
+
+
+def test_finish_publishes_a_verified_backup_even_when_the_resync_timed_out(run):
+    make_partial(run)
+    state(run, done=True, result="ok", out=OUT, process=dict(pid=999999, boot_id=_proc.boot_id()))
+    resync = dict(failed=True, desynced=False, msg="did not reach Synced within timeout",
+                  local_state_comment=dict(before="Donor/Desynced", after="Joined"))
+    out = _backup_job.finish(params(run, resync=resync))
+    assert out["published"] == run["final"] and os.path.isdir(run["final"])
+    manifest = json.load(open(os.path.join(run["final"], "manifest.json"), encoding="utf-8"))
+    assert manifest["desync"]["state_after"] == "Joined" and manifest["desync"]["flow_control_sent"] is None
+    assert not os.path.exists(os.path.join(run["final"], _manifest.RUN_RECORD))
+    assert not os.path.exists(run["run_dir"])
+
+
+def test_finish_never_replaces_an_existing_backup(run):
+    make_partial(run)
+    os.makedirs(run["final"])
+    state(run, done=True, result="ok", out=OUT, process=dict(pid=999999, boot_id=_proc.boot_id()))
+    with pytest.raises(GaleraError, match="stays in"):
+        _backup_job.finish(params(run))
+    assert os.path.isdir(run["partial"]) and os.listdir(run["final"]) == []
+
+
+def test_finish_discards_only_its_own_partial_and_records_the_failure(run):
+    make_partial(run, ours=False)
+    state(run, done=True, result="failed", error="boom", process=dict(pid=999999, boot_id=_proc.boot_id()))
+    out = _backup_job.finish(params(run, failure="Wait: boom", failed_step="Wait"))
+    assert os.path.isdir(run["partial"]), "another run's partial was deleted"
+    assert out["kept_partial"] == run["partial"]
+    record = json.load(open(run["failed"], encoding="utf-8"))
+    assert record["result"] == "failed" and record["step"] == "Wait" and record["cluster"]["name"] == "c1"
+
+
+def test_finish_after_a_refused_desync_changes_nothing(run):
+    os.rmdir(run["run_dir"])
+    out = _backup_job.finish(params(run, failure="refused", desync=dict(changed=False, failed=True)))
+    assert out["changed"] is False and out["failure_record"] is None
+    assert os.listdir(run["dir"]) == []
