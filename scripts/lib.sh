@@ -5,9 +5,11 @@
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The virtualenv and the pinned tools it holds; scripts/test compat swaps both for the
-# oldest ansible-core (tests/compat/oldest-core.txt).
-VENV=$ROOT/.venv
-REQUIREMENTS=$ROOT/requirements-dev.txt
+# oldest ansible-core (tests/compat/oldest-core.txt). In the controller container
+# (images/controller/run) GALERA_VENV and GALERA_REQUIREMENTS name the image's own virtualenv
+# of tests/compat/newest-core.txt.
+VENV=${GALERA_VENV:-$ROOT/.venv}
+REQUIREMENTS=${GALERA_REQUIREMENTS:-$ROOT/requirements-dev.txt}
 BUILD=$ROOT/.build
 export GALERA_SUITE=${GALERA_SUITE:-bookworm}
 
@@ -15,7 +17,7 @@ log() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 require_docker() {
-    command -v docker >/dev/null 2>&1 || die "docker is not installed; install Docker Engine first (see README, Prerequisites)"
+    command -v docker >/dev/null 2>&1 || die "docker is not installed; install Docker Engine first (see CONTRIBUTING.md, Prerequisites)"
     docker info >/dev/null 2>&1 || die "the Docker engine does not answer ('docker info' fails); start it or run as a user allowed to use it"
 }
 
@@ -61,6 +63,15 @@ setup_image() {
     export GALERA_NODE_IMAGE=$ref
 }
 
+# The controller image of the newest ansible-core (images/controller/build.sh: Debian trixie,
+# Python 3.13, tests/compat/newest-core.txt); images/controller/run runs commands in it.
+setup_controller() {
+    local ref
+    log "controller image (Debian trixie, tests/compat/newest-core.txt)"
+    ref=$("$ROOT/images/controller/build.sh" | tail -n 1) || die "building the controller image failed"
+    export GALERA_CONTROLLER_IMAGE=$ref
+}
+
 # True when the three node containers of the local cluster exist.
 cluster_exists() {
     local n
@@ -74,4 +85,16 @@ setup_all() {
     setup_venv
     setup_collection
     setup_image
+}
+
+# Debian packages the tests run for real: promtool/Prometheus and node_exporter (the metrics tests).
+setup_test_packages() {
+    local missing=()
+    command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+    command -v prometheus-node-exporter >/dev/null 2>&1 || missing+=(prometheus-node-exporter)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    command -v apt-get >/dev/null 2>&1 || die "install ${missing[*]} (Debian packages) for the metrics tests"
+    log "installing ${missing[*]} (Debian packages, for the metrics tests)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
 }

@@ -1,0 +1,8 @@
+"""The AWX tests import their helpers (awxsim) from this directory."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
