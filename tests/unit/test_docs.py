@@ -181,6 +181,10 @@ def collection_names(root: Path = ROOT) -> dict:
     for plugin in root.glob("plugins/filter/*"):
         if plugin.suffix in (".py", ".yml"):
             objects.add(plugin.stem)
+    # The Prometheus metrics the role writes (their families in _metrics.py), which docs show.
+    metrics = (root / "plugins" / "module_utils" / "_metrics.py").read_text(encoding="utf-8")
+    prefix = re.search(r'^PREFIX = "([a-z_]+)"', metrics, re.M).group(1)
+    names |= {prefix + family for family in re.findall(r'Family\(\s*"([a-z0-9_]+)"', metrics)}
     runtime = yaml.safe_load((root / "meta" / "runtime.yml").read_text(encoding="utf-8")) or {}
     objects |= set(runtime.get("action_groups") or {})
     return dict(names=names, objects=objects)
@@ -327,3 +331,8 @@ def test_build_ignored_follows_galaxy_yml(rel, ignored, build_ignore):
 
 def test_the_repository_root_is_found():
     assert (ROOT / "galaxy.yml").is_file() and os.path.isdir(ROOT / "playbooks")
+
+
+def test_metric_names_come_from_the_metrics_code(known):
+    assert "galera_backup_last_success_timestamp_seconds" in known["names"]
+    assert name_problems("`galera_backup_last_sucess_timestamp_seconds`", known) != []
