@@ -104,10 +104,18 @@ class Probe:
         assert self.desynced() == {n: 0 for n in NODES}, "a node was left desynced"
         assert self.state(node) == "Synced"
         assert self.lease() is None, f"a lease was left behind: {self.lease()}"
-        deadline = time.monotonic() + 15  # a watchdog armed before the refusal disarms at its next check
+        # A watchdog armed before a refusal disarms at its next check; one of an earlier test's run may still be
+        # seeing its desync end (a server restart in between makes that a few checks).
+        deadline = time.monotonic() + 60
         while self.watchdogs(node) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not self.watchdogs(node), "a watchdog was left running"
+        left = self.watchdogs(node)
+        if left:
+            why = subprocess.run(["docker", "exec", node, "sh", "-c", "for f in /run/dbtools-galera/watchdog-*.pid; do "
+                                  "echo \"$f: $(cat $f)\"; done; ps -eo pid,etime,args | grep -v grep | grep python; "
+                                  "tail -n 25 /var/log/dbtools-galera/watchdog.log"],
+                                 capture_output=True, text=True, check=False).stdout
+            raise AssertionError(f"a watchdog was left running on {node}:\n{why}")
 
     def ensure_lease_schema(self) -> None:
         """The lease tables as the collection creates them (an administrator may create them first)."""
