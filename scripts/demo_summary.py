@@ -7,7 +7,8 @@ playbook started). From it:
 - the backup: the role's "Report the backup" message (id, type, method, size, verification, flow
   control sent while desynced) and the node it ran on;
 - how long the node was out of sync: from the end of "Desync the node under the cluster-wide lease"
-  (wsrep_desync=ON) to the end of "Drain the receive queue, resync the node and wait for Synced";
+  (wsrep_desync=ON) to the end of the finish step that resyncs it ("Drain the receive queue, resync the
+  node and wait for Synced; publish ..."; an upper bound: the publish after Synced counts);
 - the write rate: sysbench's 2-second intervals ("Print the write rate") placed on the same clock by the
   start of the task that started sysbench, averaged before the desync and while desynced.
 
@@ -34,7 +35,9 @@ REPORT = re.compile(
 INTERVAL = re.compile(r"^\s*-\s*['\"]?(?P<t>\d+)s (?P<tps>[\d.]+) tps['\"]?\s*$")
 
 DESYNC_TASK = "Desync the node under the cluster-wide lease"
-RESYNC_TASK = "Drain the receive queue, resync the node and wait for Synced"
+RESYNC_TASK = "Drain the receive queue, resync the node and wait for Synced; publish the verified backup or discard the run"
+# The resync task's name before 0.4.0 (its own task then): logs of older runs still read.
+RESYNC_TASK_BEFORE = "Drain the receive queue, resync the node and wait for Synced"
 SYSBENCH_TASK = "Run sysbench oltp_write_only in the background during the backup"
 REPORT_TASK = "Report the backup"
 RATE_TASK = "Print the write rate (tps every 2 s) while the backup ran"
@@ -120,7 +123,10 @@ def summary(text: str) -> dict:
     if report is None:
         raise NoBackup("the log shows no finished backup (no 'Report the backup' message)")
 
-    desynced_at, synced_at = end_of(all_tasks, DESYNC_TASK), end_of(all_tasks, RESYNC_TASK)
+    desynced_at = end_of(all_tasks, DESYNC_TASK)
+    synced_at = end_of(all_tasks, RESYNC_TASK)
+    if synced_at is None:
+        synced_at = end_of(all_tasks, RESYNC_TASK_BEFORE)
     load_start = start_of(all_tasks, SYSBENCH_TASK)
     intervals = []
     for task in all_tasks:

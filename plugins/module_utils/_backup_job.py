@@ -14,9 +14,10 @@
   what provably dead runs of this cluster left, and starts the detached runner (``_backup_runner``).
 - ``wait``: reports progress until the runner is done; fails with the runner's error.
 - ``abort``: stops the runner's whole process group (the rescue, before the resync).
-- ``finish``: publishes a good backup (manifest written last, atomic rename that never replaces
-  anything) or discards this run's own partial and records the failure; always removes the run's
-  private files.
+- ``finish``: with the role, first ends the desync (drain, resync, Synced: the same process, so its start
+  costs the node nothing while it is Synced), then publishes a good backup (manifest written last, atomic
+  rename that never replaces anything) or discards this run's own partial and records the failure;
+  always removes the run's private files.
 
 A streamed backup (``galera_backup_stream_to``, see ``_backup_runner``) keeps only its local record
 here: the partial holds meta/, tables.json, backup.log and SHA256SUMS, never the data. Pre-flight
@@ -60,7 +61,7 @@ from ansible_collections.dbtools.galera.plugins.module_utils import (
 )
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
-RUN_BASE = "/run/dbtools-galera"
+RUN_BASE = _paths.RUN_BASE
 RUN_PREFIX = "run-"
 STATE = "state.json"
 CNF = "client.cnf"
@@ -89,14 +90,8 @@ def login_of(params: dict) -> dict:
 # Paths of a run (derived, never taken from the controller as they are)
 
 def run_base() -> str:
-    """Where run directories live: /run (memory, never on disk) when writable, else the temp directory."""
-    try:
-        os.makedirs(RUN_BASE, mode=0o700, exist_ok=True)
-        if os.access(RUN_BASE, os.W_OK | os.X_OK):
-            return RUN_BASE
-    except OSError:
-        pass
-    return os.path.join(tempfile.gettempdir(), "dbtools-galera")
+    """Where run directories live (``_paths.run_base``); ``RUN_BASE`` is read at each call."""
+    return _paths.run_base(RUN_BASE)
 
 
 def run_paths(directory: str, backup_id: str, run_id: str, base: str, verify_base: str) -> dict:
@@ -676,18 +671,35 @@ def _give(path: str, uid: int, gid: int) -> None:
     os.chmod(path, 0o700)
 
 
-def finish(params: dict) -> dict:
+def finish(params: dict, resync=None) -> dict:
+    """Publish a good backup or discard the run; always remove the run's private files.
+
+    ``resync``, when given, is a callable that drains, resyncs and waits for Synced (``galera_desync``'s
+    rules) and returns its result: this step then ends the desync itself, after a still-running runner is
+    stopped and before anything is published, so the work after Synced is a few file operations in a
+    process that started while the node was still desynced (a new module's start on a Synced node under
+    load makes its applier lag). A resync that fails does not stop the publish or discard; this raises
+    its error afterwards, with what happened to the backup.
+    """
     run = checked_run(params["run"])
     s = dict(params["backup"])
     failure = params.get("failure") or ""
     state = read_state(run) or {}
     result = dict(changed=False, published=None, failure_record=None, manifest=None, kept_partial=None)
+    resync_error = None
     try:
         if state.get("process") and _proc.same_process_alive(state["process"]):
             if not failure:
                 raise GaleraError(f"the backup runner is still running ({state.get('step')}): wait for it first")
             _proc.kill_group(int(state["process"]["pid"]))
             state = read_state(run) or state
+        if resync is not None:
+            try:
+                result["resync"] = resync()
+            except GaleraError as exc:
+                resync_error = exc
+                result["resync"] = dict(exc.details, failed=True, msg=exc.msg)
+            params = dict(params, resync=result["resync"])
         good = not failure and state.get("done") and state.get("result") == "ok"
         if good:
             result.update(publish(run, s, state, params))
@@ -702,6 +714,10 @@ def finish(params: dict) -> dict:
         else:
             reason = failure or state.get("error") or "the run did not finish"
             result.update(discard(run, s, state, params, reason))
+    except GaleraError as exc:
+        if "resync" in result:
+            exc.details.setdefault("resync", result["resync"])
+        raise
     finally:
         shutil.rmtree(run["run_dir"], ignore_errors=True)
         shutil.rmtree(run["scratch"], ignore_errors=True)
@@ -709,6 +725,10 @@ def finish(params: dict) -> dict:
         metrics = write_metrics(run, s, params, result)
         result.setdefault("warnings", []).extend(metrics.pop("warnings", []))
         result.update(metrics)
+    if resync_error is not None:
+        done = (f"the backup was published as {result['published']}" if result.get("published")
+                else "this run's partial backup was discarded" if result.get("discarded") else "nothing was published")
+        raise GaleraError(f"{resync_error.msg} ({done}.)", **{k: v for k, v in result.items() if k != "warnings"})
     return result
 
 

@@ -47,6 +47,21 @@ def fail(module, exc: GaleraError, **extra) -> None:
     module.fail_json(msg=exc.msg, **result_details(exc, **extra))
 
 
+def on_node(module: AnsibleModule, work):
+    """``work(node)`` on a connection opened for it and closed after, for a module that talks to the server
+    in one of its steps only; a refused query becomes a ``GaleraError`` naming the privilege hint."""
+    _connection.require_pymysql(module)
+    session = _connection.Session(module.params)
+    try:
+        return work(_wsrep.Node(session.connection()))
+    except _connection.pymysql.err.MySQLError as exc:
+        errno = _connection.mysql_errno(exc)
+        raise GaleraError(f"the server refused a query: {exc}. {_connection.privilege_hint(errno)}",
+                          errno=errno) from None
+    finally:
+        session.close()
+
+
 def run(module: AnsibleModule, work, lazy: bool = False) -> None:
     """Connect, call ``work(node)`` for the result dict, exit or fail with a clear message.
 

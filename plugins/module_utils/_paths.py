@@ -19,8 +19,23 @@ import posixpath
 import pwd
 import re
 import stat
+import tempfile
 
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
+
+RUN_BASE = "/run/dbtools-galera"
+
+
+def run_base(preferred: str = RUN_BASE) -> str:
+    """Where private run directories live: ``preferred`` (under /run: memory, never on disk) when it can be
+    made writable, else ``dbtools-galera`` in the temp directory."""
+    try:
+        os.makedirs(preferred, mode=0o700, exist_ok=True)
+        if os.access(preferred, os.W_OK | os.X_OK):
+            return preferred
+    except OSError:
+        pass
+    return os.path.join(tempfile.gettempdir(), "dbtools-galera")
 
 # Directories that are never a backup directory (nor a scratch or staging directory) themselves.
 SYSTEM_DIRS = frozenset((

@@ -11,8 +11,8 @@ version_added: 0.3.0
 description:
   - The steps the P(dbtools.galera.galera_backup#role) role runs on the node it backs up, in this order;
     the role desyncs the node with M(dbtools.galera.galera_desync) between O(step=preflight) and
-    O(step=start) and resyncs it between O(step=wait) and O(step=finish). Use the role; the module is
-    documented so its output can be read.
+    O(step=start), and O(step=finish) with O(resync_options) resyncs it before publishing. Use the role;
+    the module is documented so its output can be read.
   - O(step=preflight) makes every check that can refuse, while the node is still Synced, and changes
     nothing - the settings and paths (absolute, normalised, not a system or data directory, an existing
     directory owned by O(backup.file_owner) and not writable by others), the tools, the tools' own login
@@ -28,6 +28,12 @@ description:
     written and verified.
   - O(step=wait) waits up to O(timeout) seconds and reports progress; it fails with the run's error.
   - O(step=abort) stops the run's whole process group.
+  - O(step=finish) with O(resync_options) first ends the desync with the rules of
+    M(dbtools.galera.galera_desync) O(dbtools.galera.galera_desync#module:state=synced) (stop a run still
+    going, drain the receive queue, C(wsrep_desync=OFF), wait for Synced, release the lease) - the same
+    process then publishes, so the node does not pay a new module's start right after it is Synced, when
+    any CPU it loses makes its applier lag and send flow control. A resync that fails does not stop the
+    publish or discard; the step then fails with the resync's error, RV(resync) holding its result.
   - O(step=finish) publishes a verified backup (C(manifest.json) written last, files 0600 owned by
     O(backup.file_owner), the directory renamed to its final name without ever replacing one) and
     applies retention (the newest O(backup.retention) restorable backups of the cluster, with their
@@ -91,8 +97,42 @@ options:
     description: With O(step=finish), the M(dbtools.galera.galera_desync) O(dbtools.galera.galera_desync#module:state=desynced) result.
     type: dict
   resync:
-    description: With O(step=finish), the M(dbtools.galera.galera_desync) O(dbtools.galera.galera_desync#module:state=synced) result.
+    description:
+      - With O(step=finish) and no O(resync_options), the M(dbtools.galera.galera_desync)
+        O(dbtools.galera.galera_desync#module:state=synced) result of the resync made before this step.
     type: dict
+  resync_options:
+    description:
+      - With O(step=finish), end the desync in this step, before publishing, with these options of
+        M(dbtools.galera.galera_desync) O(dbtools.galera.galera_desync#module:state=synced) (the lease is
+        used, never forced).
+    type: dict
+    version_added: 0.4.0
+    suboptions:
+      owner:
+        description: The lease owner the desync was taken as.
+        type: str
+        required: true
+      lease_database:
+        description: The database of the lease table.
+        type: str
+        default: dbtools_galera
+      drain_timeout:
+        description: Seconds to wait for the receive queue to drain before the resync.
+        type: int
+        default: 600
+      timeout:
+        description: Seconds to wait for Synced after the resync.
+        type: int
+        default: 300
+      poll_interval:
+        description: Seconds between status reads.
+        type: float
+        default: 0.5
+      pxc_maint_mode:
+        description: Set C(pxc_maint_mode=DISABLED) after the resync (Percona XtraDB Cluster).
+        type: bool
+        default: false
   backup:
     description: The backup settings; the role passes its C(galera_backup_*) variables (documented there).
     type: dict
@@ -327,6 +367,14 @@ retention:
   description: With O(step=finish) after a good backup, what retention removed and kept (see M(dbtools.galera.galera_backup_prune)).
   returned: step finish, when published
   type: dict
+resync:
+  description:
+    - With O(step=finish) and O(resync_options), the resync's result, in the shape of
+      M(dbtools.galera.galera_desync)'s (C(desynced), C(local_state_comment), C(drain_seconds), C(sync_seconds),
+      C(flow_control_sent), C(lease)...); with C(failed) and C(msg) when the resync failed. Predicted in check mode.
+  returned: step finish, with resync_options
+  type: dict
+  version_added: 0.4.0
 metrics:
   description: With O(step=finish) and O(backup.metrics_dir), the metrics file written.
   returned: step finish, when metrics_dir is set
@@ -342,7 +390,8 @@ stream_discarded:
 """
 
 from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job, _restore_job
-from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, run_local
+from ansible_collections.dbtools.galera.plugins.module_utils._desync import Desyncer
+from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, on_node, run_local
 
 BACKUP_SPEC = dict(
     dir=dict(type="str", required=True),
@@ -382,6 +431,15 @@ BACKUP_SPEC = dict(
                 required_if=[("type", "ssh", ("host", "path")), ("type", "s3", ("bucket",))]),
 )
 
+RESYNC_SPEC = dict(
+    owner=dict(type="str", required=True),
+    lease_database=dict(type="str", default="dbtools_galera"),
+    drain_timeout=dict(type="int", default=600),
+    timeout=dict(type="int", default=300),
+    poll_interval=dict(type="float", default=0.5),
+    pxc_maint_mode=dict(type="bool", default=False),
+)
+
 
 def main():
     module = build_module(
@@ -397,6 +455,7 @@ def main():
             failed_step=dict(type="str"),
             desync=dict(type="dict"),
             resync=dict(type="dict"),
+            resync_options=dict(type="dict", options=RESYNC_SPEC),
             backup=dict(type="dict", required=True, options=BACKUP_SPEC),
         ),
         supports_check_mode=True,
@@ -404,6 +463,21 @@ def main():
                      ("step", "wait", ("run",)), ("step", "abort", ("run",)), ("step", "finish", ("run",))],
     )
     p = module.params
+    options = p["resync_options"]
+    if options and (options["drain_timeout"] < 0 or options["timeout"] < 0 or options["poll_interval"] <= 0):
+        module.fail_json(msg="resync_options: drain_timeout and timeout must not be negative and poll_interval must "
+                             "be positive. Nothing was changed.")
+
+    def resync():
+        settings = dict(options, lease=True, force=False, max_recv_queue=None, watchdog=False, watchdog_haproxy=[])
+
+        def work(node):
+            out = Desyncer(settings, node, module.check_mode, module.warn).synced()
+            out.pop("diff", None)
+            out.pop("lease_before", None)
+            return out
+
+        return on_node(module, work)
 
     def work():
         step = p["step"]
@@ -411,8 +485,13 @@ def main():
             run = _backup_job.preflight(p)
             return dict(changed=False, run=run, msg=f"pre-flight passed for {run['id']}: " + "; ".join(run["checks"]))
         if module.check_mode:
-            return dict(changed=step in ("start", "finish"), done=True, running=False, run=p["run"],
-                        msg=f"check mode: step {step} not run")
+            out = dict(changed=step in ("start", "finish"), done=True, running=False, run=p["run"],
+                       msg=f"check mode: step {step} not run")
+            if step == "finish" and options:
+                out["resync"] = resync()
+            return out
+        if step == "finish":
+            return _backup_job.finish(p, resync if options else None)
         return getattr(_backup_job, step)(p)
 
     run_local(module, work)

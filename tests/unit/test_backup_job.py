@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -138,3 +139,71 @@ def test_finish_after_a_refused_desync_changes_nothing(run):
     out = _backup_job.finish(params(run, failure="refused", desync=dict(changed=False, failed=True)))
     assert out["changed"] is False and out["failure_record"] is None
     assert os.listdir(run["dir"]) == []
+
+
+RESYNCED = dict(changed=True, desynced=False, drained=True, drain_seconds=0.4, sync_seconds=0.01, flow_control_sent=0,
+                max_recv_queue_seen=120, local_state_comment=dict(before="Donor/Desynced", after="Synced"))
+
+
+def test_finish_resyncs_first_then_publishes_with_the_resyncs_figures(run):
+    # With resync_options the resync is this step's, before the publish: nothing is published while the
+    # node may still be desynced, and the manifest records the resync this process made.
+    make_partial(run)
+    state(run, done=True, result="ok", out=OUT, process=dict(pid=999999, boot_id=_proc.boot_id()))
+    seen = []
+
+    def resync():
+        seen.append(os.path.isdir(run["final"]))
+        return dict(RESYNCED)
+
+    out = _backup_job.finish(params(run), resync)
+    assert seen == [False], "the backup was published before the resync"
+    assert out["published"] == run["final"] and out["resync"]["desynced"] is False
+    manifest = json.load(open(os.path.join(run["final"], "manifest.json"), encoding="utf-8"))
+    assert manifest["desync"]["resynced"] is True and manifest["desync"]["state_after"] == "Synced"
+    assert manifest["desync"]["drain_seconds"] == 0.4 and manifest["desync"]["flow_control_sent"] == 0
+
+
+def test_finish_stops_a_failed_runner_before_the_resync(run):
+    make_partial(run)
+    runner = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        state(run, done=False, step="running mariabackup", process=_proc.identity(runner.pid))
+        alive_at_resync = []
+
+        def resync():
+            alive_at_resync.append(runner.poll() is None and _proc.same_process_alive(_proc.identity(runner.pid)))
+            return dict(RESYNCED)
+
+        out = _backup_job.finish(params(run, failure="Wait: the lease was lost", failed_step="Wait"), resync)
+        runner.wait(timeout=10)
+        assert alive_at_resync == [False], "the node was resynced with the backup tool still running"
+        assert out["discarded"] == run["partial"] and json.load(open(run["failed"], encoding="utf-8"))["resynced"]
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+
+
+def test_a_failed_resync_still_publishes_and_then_fails_with_its_error(run):
+    make_partial(run)
+    state(run, done=True, result="ok", out=OUT, process=dict(pid=999999, boot_id=_proc.boot_id()))
+
+    def resync():
+        raise GaleraError("node n1 has wsrep_desync=OFF but did not reach Synced within timeout=300s", changed=True)
+
+    with pytest.raises(GaleraError, match="did not reach Synced") as caught:
+        _backup_job.finish(params(run), resync)
+    assert "published as " + run["final"] in caught.value.msg
+    assert caught.value.get("published") == run["final"] and caught.value.get("resync")["failed"] is True
+    manifest = json.load(open(os.path.join(run["final"], "manifest.json"), encoding="utf-8"))
+    assert manifest["desync"]["resynced"] is False
+    assert not os.path.exists(run["run_dir"])
+
+
+def test_a_publish_that_fails_after_the_resync_says_the_node_was_resynced(run):
+    make_partial(run)
+    os.makedirs(run["final"])
+    state(run, done=True, result="ok", out=OUT, process=dict(pid=999999, boot_id=_proc.boot_id()))
+    with pytest.raises(GaleraError, match="stays in") as caught:
+        _backup_job.finish(params(run), lambda: dict(RESYNCED))
+    assert caught.value.get("resync")["desynced"] is False
