@@ -47,6 +47,7 @@ from ansible_collections.dbtools.galera.plugins.module_utils import (
     _manifest,
     _metrics,
     _paths,
+    _stores,
     _tools,
     _wsrep,
 )
@@ -281,6 +282,17 @@ def scan_files(files: list, domain: int, after: int | None, cache_path: str | No
 # ---------------------------------------------------------------------------------------------
 # Writing one segment
 
+def _blocks(src, end: int):
+    """The blocks of ``src`` up to byte ``end`` (or its end, when shorter)."""
+    left = end
+    while left > 0:
+        block = src.read(min(_CHUNK, left))
+        if not block:
+            return
+        left -= len(block)
+        yield block
+
+
 def produce(source: str, end: int, target: str, compress: bool, key_file: str | None, record: dict | None,
             key: bytes | None, name: str) -> dict:
     """Write bytes [0, ``end``) of binlog ``source`` into the new file ``target``: zstd-compressed
@@ -304,12 +316,7 @@ def produce(source: str, end: int, target: str, compress: bool, key_file: str | 
         with open(source, "rb") as src, open(target, "xb") as out:
             os.chmod(target, 0o600)
             if not chain:
-                left = end
-                while left > 0:
-                    block = src.read(min(_CHUNK, left))
-                    if not block:
-                        break
-                    left -= len(block)
+                for block in _blocks(src, end):
                     source_digest.update(block)
                     digest.update(block)
                     out.write(block)
@@ -327,12 +334,7 @@ def produce(source: str, end: int, target: str, compress: bool, key_file: str | 
 
                 def feed():
                     try:
-                        left = end
-                        while left > 0:
-                            block = src.read(min(_CHUNK, left))
-                            if not block:
-                                break
-                            left -= len(block)
+                        for block in _blocks(src, end):
                             source_digest.update(block)
                             procs[0].stdin.write(block)
                     except BaseException as exc:  # pylint: disable=broad-except  # reported by the caller
@@ -864,7 +866,7 @@ def fetch(area, plan: dict, dest: str, key: bytes | None = None) -> list:
             name = segment["name"]
             stored = os.path.join(dest, name)
             area.fetch(name, stored)
-            if _binlog_store.sha256_file(stored) != segment.get("sha256"):
+            if _stores.sha256_file(stored) != segment.get("sha256"):
                 raise GaleraError(f"{area.url(name)} does not match the archive's index (sha256): it was changed or "
                                   f"damaged. Do not replay it. {NOTHING}")
             chain = []
@@ -878,7 +880,7 @@ def fetch(area, plan: dict, dest: str, key: bytes | None = None) -> list:
                 chain.append([_tools.find("zstd") or "zstd", "-q", "-d", "-c"])
             plain = os.path.join(dest, f"{int(segment['first']):020d}_{_binlog.sanitize(segment.get('file') or name)}")
             _run_chain(chain, stored, plain)
-            if segment.get("source_sha256") and _binlog_store.sha256_file(plain) != segment["source_sha256"]:
+            if segment.get("source_sha256") and _stores.sha256_file(plain) != segment["source_sha256"]:
                 raise GaleraError(f"{name} decoded does not give the archived binlog (sha256): wrong key or damaged. "
                                   f"{NOTHING}")
             out.append(dict(path=plain, name=name, file=segment.get("file"), skip_through=segment["skip_through"],

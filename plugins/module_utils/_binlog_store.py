@@ -29,7 +29,6 @@ alone), ``write_index(data)`` (replaces ``index.json`` in one step), ``delete(na
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import posixpath
 import re
@@ -49,14 +48,6 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 def area_rel(cluster: str) -> str:
     """``binlogs/<cluster>``: the archive's place inside a backup directory or store."""
     return f"{_binlog.AREA}/{_manifest.sanitize(cluster)}"
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_name(name: str) -> str:
@@ -132,14 +123,14 @@ class LocalArea:
     def put(self, path: str, name: str, sha256: str) -> bool:
         """Copy ``path`` here as ``name``; False when an equal file was already there."""
         target = os.path.join(self.path, _check_name(name))
-        if os.path.isfile(target) and not os.path.islink(target) and sha256_file(target) == sha256:
+        if os.path.isfile(target) and not os.path.islink(target) and _stores.sha256_file(target) == sha256:
             return False
 
         def fill(handle):
             with open(path, "rb") as source:
                 shutil.copyfileobj(source, handle, CHUNK)
         self._atomic(name, fill)
-        if sha256_file(target) != sha256:
+        if _stores.sha256_file(target) != sha256:
             raise GaleraError(f"{target} does not match what was written (sha256): check this host's disk. The "
                               "archive's index was not changed.")
         return True
@@ -159,7 +150,7 @@ class LocalArea:
 
     def sha256(self, name: str) -> str | None:
         full = os.path.join(self.path, _check_name(name))
-        return sha256_file(full) if os.path.isfile(full) and not os.path.islink(full) else None
+        return _stores.sha256_file(full) if os.path.isfile(full) and not os.path.islink(full) else None
 
     def fetch(self, name: str, target: str) -> None:
         full = os.path.join(self.path, _check_name(name))

@@ -20,6 +20,31 @@ from ansible_collections.dbtools.galera.plugins.module_utils._store_ssh import S
 KINDS = ("ssh", "s3", "local")
 
 
+def store_fields() -> dict:
+    """The argument spec of a store: galera_backup_copy's ``dest``, the fields of a ``galera_backup_copies``
+    item (which adds ``name`` and its retention rules) and of a restore's ``source``."""
+    return dict(
+        type=dict(type="str", required=True, choices=list(KINDS)),
+        host=dict(type="str"),
+        port=dict(type="int", default=22),
+        user=dict(type="str", default="root"),
+        path=dict(type="str"),
+        identity_file=dict(type="path"),
+        known_hosts_file=dict(type="path"),
+        strict_host_key_checking=dict(type="str", choices=["yes", "accept-new"], default="yes", no_log=False),
+        bwlimit=dict(type="int", default=0),
+        bucket=dict(type="str"),
+        prefix=dict(type="str", default=""),
+        endpoint_url=dict(type="str"),
+        region=dict(type="str"),
+        access_key=dict(type="str", no_log=True),
+        secret_key=dict(type="str", no_log=True),
+        storage_class=dict(type="str"),
+        validate_certs=dict(type="bool", default=True),
+        ca_bundle=dict(type="path"),
+    )
+
+
 def open_store(runner, opts: dict) -> _stores.Store:
     """The store ``opts`` describes (galera_backup_copy's ``dest``, ``name`` added): ``type`` local,
     ssh or s3. ``runner`` runs commands (an AnsibleModule: ``run_command``, ``get_bin_path``)."""

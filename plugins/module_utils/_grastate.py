@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 
+from ansible_collections.dbtools.galera.plugins.module_utils import _manifest
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
 FILE = "grastate.dat"
@@ -82,21 +82,7 @@ def write(datadir: str, uuid: str, seqno: int, safe_to_bootstrap: bool, uid: int
     """Write ``<datadir>/grastate.dat`` (0660, owned by ``uid``/``gid``) through a temporary file renamed
     over it, and remove a ``gvwstate.dat`` (the last view of another cluster's life) beside it."""
     text = render(uuid, seqno, safe_to_bootstrap)
-    fd, tmp = tempfile.mkstemp(prefix=".grastate.", dir=datadir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o660)
-        os.chown(tmp, uid, gid)
-        os.replace(tmp, os.path.join(datadir, FILE))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    _manifest.write_text_atomic(os.path.join(datadir, FILE), text, 0o660, uid, gid)
     view = os.path.join(datadir, VIEW_FILE)
     if os.path.isfile(view) and not os.path.islink(view):
         os.unlink(view)

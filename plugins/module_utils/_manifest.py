@@ -204,14 +204,18 @@ def valid_run_record(record) -> bool:
 # Writing
 
 def write_json_atomic(path: str, data, mode: int = 0o600, uid: int | None = None, gid: int | None = None) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file in the same directory, fsynced and
-    renamed over it, so a reader sees the old file or the whole new one, never a part."""
+    """Write ``data`` as JSON to ``path`` atomically (``write_text_atomic``)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n", mode, uid, gid)
+
+
+def write_text_atomic(path: str, text: str, mode: int = 0o600, uid: int | None = None, gid: int | None = None) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory, fsynced and renamed over
+    it, so a reader sees the old file or the whole new one, never a part."""
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp.", suffix=".json", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp.", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)

@@ -310,6 +310,19 @@ def list_tables(conn) -> list:
         return [[str(r[0]), str(r[1]), int(r[2] or 0)] for r in cur.fetchall()]
 
 
+def table_checksums(conn, wanted=None) -> tuple:
+    """The tables present (``list_tables``) and ``{"schema.table": {checksum, rows}}`` of those of ``wanted``
+    (``(schema, table)`` pairs; every table present when None) that are present."""
+    present = list_tables(conn)
+    names = {(s, t) for s, t, _b in present}
+    checksums = {}
+    for schema, table in sorted(names) if wanted is None else wanted:
+        if (schema, table) in names:
+            figure = checksum_table(conn, schema, table)
+            checksums[f"{schema}.{table}"] = dict(checksum=figure["checksum"], rows=figure["rows"])
+    return present, checksums
+
+
 def checksum_table(conn, schema: str, table: str) -> dict:
     name = f"{_tools.quote_identifier(schema)}.{_tools.quote_identifier(table)}"
     with conn.cursor() as cur:

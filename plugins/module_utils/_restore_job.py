@@ -56,7 +56,7 @@ from ansible_collections.dbtools.galera.plugins.module_utils import (
 )
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
-RUN_BASE = "/run/dbtools-galera"
+RUN_BASE = _paths.RUN_BASE
 RUN_PREFIX = "restore-"
 STATE = "state.json"
 KEY = "backup.key"
@@ -70,28 +70,7 @@ LOCAL = _recovery.LOCAL
 
 def store_options() -> dict:
     """The argument spec of a ``source`` store: the fields of a ``galera_backup_copies`` item."""
-    return dict(
-        type=dict(type="str", required=True, choices=list(_copy.KINDS)),
-        name=dict(type="str"),
-        keep=dict(type="raw"),
-        host=dict(type="str"),
-        port=dict(type="int", default=22),
-        user=dict(type="str", default="root"),
-        path=dict(type="str"),
-        identity_file=dict(type="path"),
-        known_hosts_file=dict(type="path"),
-        strict_host_key_checking=dict(type="str", choices=["yes", "accept-new"], default="yes", no_log=False),
-        bwlimit=dict(type="int", default=0),
-        bucket=dict(type="str"),
-        prefix=dict(type="str", default=""),
-        endpoint_url=dict(type="str"),
-        region=dict(type="str"),
-        access_key=dict(type="str", no_log=True),
-        secret_key=dict(type="str", no_log=True),
-        storage_class=dict(type="str"),
-        validate_certs=dict(type="bool", default=True),
-        ca_bundle=dict(type="path"),
-    )
+    return dict(_copy.store_fields(), name=dict(type="str"), keep=dict(type="raw"))
 
 
 def common_options() -> dict:
@@ -168,7 +147,7 @@ def read_defaults(runner, defaults_file: str | None) -> dict:
         raise GaleraError("my_print_defaults is not installed here (it comes with the server packages): the "
                           "server's configuration cannot be read. Install mariadb-server or mariadb-client. " + NOTHING)
     argv = [tool] + ([f"--defaults-file={defaults_file}"] if defaults_file else []) + ["--mysqld"]
-    rc, out, err = runner.run_command(argv, environ_update=dict(LC_ALL="C"))
+    rc, out, err = runner.run_command(argv, environ_update=dict(LC_ALL="C"), expand_user_and_vars=False)
     if rc != 0:
         raise GaleraError(f"{' '.join(argv)} failed ({rc}): {err.strip()[-300:]}. {NOTHING}")
     return _recovery.parse_defaults(out.splitlines())
@@ -333,13 +312,7 @@ def check(runner, params: dict) -> dict:
 # Runs: the detached worker of a long step and its state file
 
 def run_base() -> str:
-    try:
-        os.makedirs(RUN_BASE, mode=0o700, exist_ok=True)
-        if os.access(RUN_BASE, os.W_OK | os.X_OK):
-            return RUN_BASE
-    except OSError:
-        pass
-    return os.path.join(tempfile.gettempdir(), "dbtools-galera")
+    return _paths.run_base(RUN_BASE)
 
 
 def run_dir(run_id: str) -> str:
@@ -846,7 +819,8 @@ def journal(runner, unit: str, since: float | None) -> str:
     tool = runner.get_bin_path("journalctl")
     if not tool or not since:
         return ""
-    rc, out, _err = runner.run_command([tool, "-u", unit, "-o", "cat", "--no-pager", f"--since=@{int(since)}"])
+    rc, out, _err = runner.run_command([tool, "-u", unit, "-o", "cat", "--no-pager", f"--since=@{int(since)}"],
+                                       expand_user_and_vars=False)
     return out if rc == 0 else ""
 
 
@@ -915,14 +889,8 @@ def verify(params: dict) -> dict:
         with conn.cursor() as cur:
             # Read only after everything the cluster committed before this point is applied here.
             cur.execute("SET SESSION wsrep_sync_wait = 1")
-        present = _restore.list_tables(conn)
-        names = {(s, t) for s, t, _b in present}
-        wanted = [(str(t[0]), str(t[1])) for t in params.get("tables") or []] or sorted(names)
-        checksums = {}
-        for schema, table in wanted:
-            if (schema, table) in names:
-                figure = _restore.checksum_table(conn, schema, table)
-                checksums[f"{schema}.{table}"] = dict(checksum=figure["checksum"], rows=figure["rows"])
+        present, checksums = _restore.table_checksums(
+            conn, [(str(t[0]), str(t[1])) for t in params.get("tables") or []] or None)
     finally:
         conn.close()
     return dict(changed=False, node=snap, cluster_name=variables.get("wsrep_cluster_name"),
@@ -1048,15 +1016,9 @@ def drill_start(runner, params: dict, check_mode: bool) -> dict:
                 worker.step("checking the tables and their checksums", phase="verify")
                 conn = server.connect()
                 try:
-                    present = _restore.list_tables(conn)
-                    names_present = {(s, t) for s, t, _b in present}
                     recorded = verify.get("checksums") or {}
-                    keys = [(str(r.get("schema")), str(r.get("table"))) for r in recorded.values() if isinstance(r, dict)]
-                    checksums = {}
-                    for schema, table in keys:
-                        if (schema, table) in names_present:
-                            figure = _restore.checksum_table(conn, schema, table)
-                            checksums[f"{schema}.{table}"] = dict(checksum=figure["checksum"], rows=figure["rows"])
+                    present, checksums = _restore.table_checksums(
+                        conn, [(str(r.get("schema")), str(r.get("table"))) for r in recorded.values() if isinstance(r, dict)])
                 finally:
                     conn.close()
             finally:

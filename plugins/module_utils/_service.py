@@ -93,7 +93,8 @@ def run(runner, cmds: dict, action: str) -> dict:
     ``dict(argv, rc, stdout, stderr)`` (tails)."""
     argv = resolve(require(cmds, action))
     try:
-        rc, out, err = runner.run_command(argv, environ_update=dict(LC_ALL="C"))
+        # expand_user_and_vars=False: the operator's argv reaches the program as written ($HOME, ~ included).
+        rc, out, err = runner.run_command(argv, environ_update=dict(LC_ALL="C"), expand_user_and_vars=False)
     except OSError as exc:
         raise GaleraError(f"cannot run {VARIABLES[action]} {argv!r}: {exc}", argv=argv) from exc
     result = dict(argv=argv, rc=rc, stdout=(out or "")[-2000:], stderr=(err or "")[-2000:])

@@ -323,7 +323,7 @@ class SshStore(_stores.Store):
     def run(self, script, what, ok=(0,), data=None):
         """Run a POSIX sh script at the destination; (rc, stdout). Raises GaleraError on failure."""
         cmd = self.remote_argv(script)
-        kwargs = dict(environ_update=dict(LC_ALL="C", LANG="C"))
+        kwargs = dict(environ_update=dict(LC_ALL="C", LANG="C"), expand_user_and_vars=False)
         if data is not None:
             kwargs.update(data=data, binary_data=True)
         rc, out, err = self.runner.run_command(cmd, **kwargs)
@@ -348,7 +348,7 @@ class SshStore(_stores.Store):
         cmd = [self.rsync_bin, "-a", "-s", "--timeout=600", "-e", ssh]
         if self.bwlimit:
             cmd.append(f"--bwlimit={self.bwlimit}")
-        kwargs = dict(environ_update=dict(LC_ALL="C", LANG="C"))
+        kwargs = dict(environ_update=dict(LC_ALL="C", LANG="C"), expand_user_and_vars=False)
         if data is not None:
             kwargs.update(data=data, binary_data=True)
         rc, _out, err = self.runner.run_command(cmd + argv, **kwargs)

@@ -133,7 +133,7 @@ class CommandRunner:
     def get_bin_path(self, name: str) -> str | None:
         return _tools.find(name)
 
-    def run_command(self, argv, environ_update=None, data=None, binary_data=False):
+    def run_command(self, argv, environ_update=None, data=None, binary_data=False, expand_user_and_vars=False):
         env = dict(os.environ, **(environ_update or {}))
         if data is not None and not isinstance(data, bytes):
             data = str(data).encode("utf-8") + (b"" if binary_data else b"\n")

@@ -383,3 +383,21 @@ def test_s3_object_lock_refuses_retention_and_the_run_reports_it(lab):
     assert "manifest.json" in after[new]
     again, _out = lab.copy(new, dest, keep=1)   # asked again, once, still refused: not a failure
     assert not again.get("failed") and again["changed"] is False and again["removed"] == []
+
+
+def test_an_ssh_path_with_shell_syntax_is_used_as_written(lab, big):
+    # The destination path reaches the store's shell quoted, and ssh's argv is not expanded on the node
+    # (AnsibleModule.run_command expands $VAR and ~ unless told not to): nothing runs, nothing else is written.
+    odd = "/srv/odd $HOME ~ `touch /tmp/pwned1` $(touch /tmp/pwned2) 'q\" ;x"
+    lab.store("rm -rf /srv/odd* /tmp/pwned1 /tmp/pwned2")
+    try:
+        result, _out = lab.copy(BIG, lab.ssh_dest(path=odd), name="odd")
+        assert not result.get("failed"), result.get("msg")
+        assert result["copied"] is True and result["verified"] is True
+        assert lab.store(f"ls -A {shlex.quote(odd)}").stdout.split() == [BIG]
+        assert store_sums(lab, shlex.quote(f"{odd}/{BIG}")) == lab.local_sums(BIG)
+        assert lab.store("ls -d /srv/odd*").stdout.splitlines() == [odd]
+        assert lab.store("ls /tmp/pwned1 /tmp/pwned2", check=False).returncode != 0
+        assert lab.node("ls /tmp/pwned1 /tmp/pwned2", check=False).returncode != 0
+    finally:
+        lab.store("rm -rf /srv/odd*")

@@ -101,7 +101,7 @@ class LocalRunner:
     def get_bin_path(self, name):
         return "/usr/bin/" + name
 
-    def run_command(self, argv, environ_update=None, data=None, binary_data=False):
+    def run_command(self, argv, environ_update=None, data=None, binary_data=False, expand_user_and_vars=False):
         self.calls.append(list(argv))
         if argv[0].endswith("rsync"):
             return fake_rsync(argv, data)
