@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _catalog, _manifest, _paths, _restore
+from ansible_collections.dbtools.galera.plugins.module_utils import _binlog, _catalog, _manifest, _paths, _restore
 
 JOINER_MODES = ("ist", "sst")
 LOCAL = "local"
@@ -115,6 +115,12 @@ def check_settings(s: dict, hosts=None) -> list:
     backup_id = s.get("id") or ""
     if backup_id and not _manifest.valid_id(backup_id):
         errors.append(f"galera_restore_id={backup_id!r} is not a backup id (<cluster>_<node>_<UTC time>-<run>)")
+    until = s.get("until") or ""
+    if until:
+        try:
+            _binlog.parse_until(until)
+        except ValueError as exc:
+            errors.append(f"galera_restore_until: {exc}")
     source = s.get("source") or LOCAL
     stores = s.get("stores") or []
     if not isinstance(stores, list) or not all(isinstance(d, dict) for d in stores):
@@ -210,9 +216,12 @@ def source_errors(facts: dict, hosts: list) -> list:
             for h in hosts if ((facts.get(h) or {}).get("source") or {}).get("error")]
 
 
-def choose_backup(found: dict, backup_id: str, cluster: str, state_uuid: str | None = None):
+def choose_backup(found: dict, backup_id: str, cluster: str, state_uuid: str | None = None, until: str = ""):
     """(entry of ``backups_at`` or None, error text or None). No ``backup_id``: the newest restorable
-    physical backup of ``cluster`` (of ``state_uuid`` first when known)."""
+    physical backup of ``cluster`` (of ``state_uuid`` first when known); with ``until`` (a point-in-time
+    target, ``galera_restore_until``) the newest of those that records its binlog position and lies
+    before the target: finished at or before its time, or at or below its GTID's sequence number in
+    that GTID's domain (``latest``: the newest with a binlog position)."""
     if backup_id:
         entry = found.get(backup_id)
         if entry is None:
@@ -228,8 +237,41 @@ def choose_backup(found: dict, backup_id: str, cluster: str, state_uuid: str | N
         names = sorted({str(e["summary"].get("cluster")) for e in found.values()})
         return None, (f"no restorable physical backup of cluster {cluster} at the source (backups there are of "
                       f"{', '.join(names) or 'no cluster'})")
-    best = max(candidates, key=lambda e: (str(e["summary"].get("finished_at") or ""), e["summary"]["id"]))
-    return best, None
+    if until:
+        before = [e for e in candidates if before_target(e["summary"], until)]
+        if not before:
+            oldest = min(candidates, key=_finished_key)["summary"]
+            return None, (f"no restorable physical backup of cluster {cluster} at the source lies before "
+                          f"galera_restore_until={until} with a binlog position to replay from (the oldest is "
+                          f"{oldest['id']}, finished {oldest.get('finished_at')}, binlog position "
+                          f"{(oldest.get('position') or {}).get('binlog_gtid') or 'none'}): choose an earlier "
+                          "target, or a backup with galera_restore_id")
+        candidates = before
+    return max(candidates, key=_finished_key), None
+
+
+def _finished_key(entry: dict) -> tuple:
+    return (str(entry["summary"].get("finished_at") or ""), entry["summary"]["id"])
+
+
+def before_target(summary: dict, until: str) -> bool:
+    """Whether a backup (catalogue summary) can be rolled forward to ``until`` (``_binlog.parse_until``'s
+    input): it records the GTID position to replay from, and that lies before the target."""
+    gtid = (summary.get("position") or {}).get("binlog_gtid")
+    try:
+        position = _binlog.parse_gtid_list(gtid)
+        target = _binlog.parse_until(until)
+    except ValueError:
+        return False
+    if not position:
+        return False
+    if target["stop_time"]:
+        finished = _binlog.parse_time(summary.get("finished_at"))
+        return finished is not None and finished <= _binlog.parse_time(target["stop_time"])
+    if target["stop_gtid"]:
+        domain, _server, seq = (int(part) for part in target["stop_gtid"].split("-"))
+        return domain in position and position[domain][1] <= seq
+    return True
 
 
 def backup_errors(summary: dict, cluster: str) -> list:
@@ -296,7 +338,8 @@ def plan_cluster(facts: dict, hosts: list, s: dict) -> dict:
                       f"disaster restore with galera_restore_confirm={cluster}")
     uuids = sorted({_server(facts[h]).get("cluster_state_uuid") for h in primary} - {None})
     found = backups_at(facts, answered)
-    entry, problem = choose_backup(found, s.get("id") or "", cluster, uuids[0] if len(uuids) == 1 else None)
+    entry, problem = choose_backup(found, s.get("id") or "", cluster, uuids[0] if len(uuids) == 1 else None,
+                                   until=s.get("until") or "")
     summary = entry["summary"] if entry else None
     if problem:
         errors.append(problem)
@@ -323,7 +366,9 @@ def plan_cluster(facts: dict, hosts: list, s: dict) -> dict:
     else:
         position = summary.get("position") or {}
         message = (f"Restoring cluster {cluster} from backup {summary['id']} ({' > '.join(summary.get('chain') or [])}, "
-                   f"{summary.get('method')}, finished {summary.get('finished_at')}) at Galera position "
+                   f"{summary.get('method')}, finished {summary.get('finished_at')}"
+                   f"{'; the newest before galera_restore_until=' + s['until'] if s.get('until') and not s.get('id') else ''}"
+                   f") at Galera position "
                    f"{position.get('cluster_uuid')}:{position.get('seqno')}: {first} bootstraps, "
                    f"{', '.join(joiners) or 'no other node'} join{'s' if len(joiners) == 1 else ''} by "
                    f"{'IST from the same backup' if mode == 'ist' else 'full SST'}"

@@ -6,6 +6,8 @@ joined (from real MariaDB 10.11 logs), verification verdicts, names, settings.""
 
 from __future__ import annotations
 
+import json
+
 import os
 from datetime import datetime, timezone
 
@@ -147,6 +149,22 @@ def test_a_failing_command_says_which_variable_and_why():
     assert runner.calls == [["/bin/false"]]
 
 
+def test_hostile_operator_commands_run_as_argv_never_through_a_shell(tmp_path, monkeypatch):
+    # A start/stop command is the operator's argv: shell syntax in it reaches the program as text, through
+    # AnsibleModule.run_command as the restore modules call it.
+    from ansible.module_utils import basic
+    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", json.dumps({"ANSIBLE_MODULE_ARGS": {}}).encode())
+    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
+    module = basic.AnsibleModule(argument_spec={})
+    marker = tmp_path / "pwned"
+    words = [f"$(touch {marker})", f"`touch {marker}`", f"; touch {marker}", f"&& touch {marker}", "'\"", "*", "~", "$HOME", "${PATH}"]
+    for action in ("start", "bootstrap", "stop"):
+        cmds = _service.commands({action: ["/bin/echo"] + words}, systemd=False)
+        out = _service.run(module, cmds, action)
+        assert out["stdout"].rstrip("\n") == " ".join(words)
+    assert not marker.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Names
 
@@ -190,6 +208,8 @@ def test_the_configuration_is_read_as_the_server_reads_it():
     (dict(first_node="galera-node9"), "galera_restore_first_node"),
     (dict(work_dir="/"), "galera_restore_work_dir"),
     (dict(timeout=0), "galera_restore_timeout"),
+    (dict(until="yesterday"), "galera_restore_until"),
+    (dict(until="1-1-$(reboot)"), "galera_restore_until"),
 ])
 def test_wrong_settings_are_named(changes, expected):
     errors = _recovery.check_settings(settings(**changes), HOSTS)
@@ -468,3 +488,36 @@ def test_an_unreadable_source_is_named_in_the_refusal():
     facts["galera-node1"]["source"]["error"] = "cannot reach 10.0.0.9 (port 22) over SSH (connection refused)"
     plan = _recovery.plan_cluster(facts, HOSTS, settings())
     assert not plan["ok"] and "galera-node1 could not read the source: cannot reach 10.0.0.9" in plan["message"]
+
+
+def pitr_cluster():
+    """Three backups of the cluster (02:00, 03:00, 04:00; the 03:00 one without a binlog position) and one
+    of another cluster at 05:00, on every node."""
+    def one(hour, gtid, cluster="dbtools"):
+        backup = summary(backup_id=f"{cluster}_galera-node3_20261201T0{hour}0000Z-0000000{hour}", cluster=cluster,
+                         finished=f"2026-12-01T0{hour}:01:00Z")
+        backup["position"]["binlog_gtid"] = gtid
+        return backup
+    backups = [one(2, "1-1-100"), one(3, None), one(4, "1-1-300,2-2-5"), one(5, "1-1-400", cluster="other")]
+    return {h: fact(backups=backups) for h in HOSTS}
+
+
+@pytest.mark.parametrize("until, chosen", [
+    ("2026-12-01T04:30:00Z", "04"),    # the newest before the time
+    ("2026-12-01T03:59:00Z", "02"),    # 04:00 finished after it; 03:00 has no binlog position to replay from
+    ("1-1-299", "02"),                 # GTID: the newest at or below the sequence number of its domain
+    ("1-1-300", "04"),
+    ("latest", "04"),
+    ("", "04"),                        # no PITR: the newest restorable backup
+])
+def test_a_point_in_time_restore_picks_the_newest_backup_before_the_target(until, chosen):
+    plan = _recovery.plan_cluster(pitr_cluster(), HOSTS, settings(until=until))
+    assert plan["ok"], plan["message"]
+    assert plan["backup"]["id"] == f"dbtools_galera-node3_20261201T{chosen}0000Z-0000000{int(chosen)}"
+
+
+@pytest.mark.parametrize("until", ["2026-12-01T01:00:00Z", "1-1-99", "3-3-1000"])
+def test_no_backup_before_the_target_is_refused_naming_the_oldest(until):
+    plan = _recovery.plan_cluster(pitr_cluster(), HOSTS, settings(until=until))
+    assert not plan["ok"] and f"before galera_restore_until={until}" in plan["message"]
+    assert "dbtools_galera-node3_20261201T020000Z-00000002" in plan["message"]
