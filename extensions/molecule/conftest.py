@@ -16,6 +16,7 @@ import testinfra
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "tools"))
 from local_cluster import admin_connection  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
+from proctree import kill_tree, leftovers  # noqa: E402  pylint: disable=wrong-import-position
 
 GROUP = "galera"
 
@@ -96,3 +97,12 @@ def grep_node(node: str, needles: list, paths: list) -> str:
     assert found.returncode in (0, 2), f"grep did not run on {node}: rc {found.returncode} {found.stderr}"
     assert control_file in found.stdout.splitlines(), f"the control string was not found on {node}: {found}"
     return "\n".join(line for line in found.stdout.splitlines() if line != control_file)
+
+
+def kill_controller(proc) -> None:
+    """SIGKILL a playbook run and every process it started, as a crash or a cancelled job does. ``killpg``
+    alone misses ansible-playbook's workers (they call setsid); fails the test when one still runs after."""
+    victims = kill_tree(proc.pid)
+    proc.wait(timeout=60)
+    left = leftovers(victims)
+    assert not left, f"processes of the killed controller still run: {left}"

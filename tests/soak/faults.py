@@ -27,6 +27,7 @@ from cluster import NETWORK, Cluster, docker, node_exec, node_sql
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tools"))
 import freeze_applier  # noqa: E402  pylint: disable=wrong-import-position
+import proctree  # noqa: E402  pylint: disable=wrong-import-position
 
 # Streams the run directories' state files, one JSON line every 0.2 s, until its stdin closes (or 30 min).
 STREAM = r"""
@@ -174,8 +175,13 @@ class ControllerKill(Fault):
     def inject(self):
         proc = self.ctx.playbook
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the playbook was started in its own session: its group
+            # The playbook and every process it started (its workers call setsid: a group kill misses them).
+            victims = proctree.kill_tree(proc.pid)
             self.detail["killed_pgid"] = proc.pid
+            self.detail["killed"] = len(victims)
+            left = proctree.leftovers(victims)
+            if left:
+                self.detail["left_running"] = left
             self.ctx.killed = True
         else:
             self.detail["note"] = "the playbook had already ended"

@@ -45,6 +45,7 @@ import cluster as cl  # noqa: E402  pylint: disable=wrong-import-position
 import faults as fl  # noqa: E402  pylint: disable=wrong-import-position
 import judge  # noqa: E402  pylint: disable=wrong-import-position
 import plan  # noqa: E402  pylint: disable=wrong-import-position
+import proctree  # noqa: E402  pylint: disable=wrong-import-position
 import report  # noqa: E402  pylint: disable=wrong-import-position
 import restore  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -368,7 +369,7 @@ class Soak:
             run.proc.wait(timeout=self.args.run_timeout)
         except subprocess.TimeoutExpired:
             result["violations"].append(f"{what} did not end within {self.args.run_timeout} s: killed")
-            os.killpg(run.proc.pid, 9)
+            proctree.kill_tree(run.proc.pid)
             run.proc.wait(timeout=60)
         run.ended = time.time()
 
@@ -395,6 +396,9 @@ class Soak:
     # -- the invariants after a cycle ------------------------------------------------------
     def check(self, index: int, ctx: Ctx, result: dict) -> None:
         v = result["violations"]
+        left = (result.get("fault") or {}).get("left_running")
+        if left:
+            v.append(f"processes of the killed controller still ran 15 s after the kill: {left}")
         # Watchdogs disarm within a few seconds of the lease's release.
         # Data: equal on every node once the load paused; nothing lost.
         quiet = cl.quiesce(self.cluster)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import admin_connection, playbook_command, playbook_env, run_playbook
+from conftest import admin_connection, kill_controller, playbook_command, playbook_env, run_playbook
 
 testinfra_hosts = ["galera"]
 NODES = ("galera-node1", "galera-node2", "galera-node3")
@@ -110,7 +109,7 @@ def test_controller_killed_mid_backup_the_watchdog_resyncs(request, cluster):
     proc = start_backup(request, "galera-node3", "-e", "galera_backup_lease_ttl=15")
     cluster.wait(lambda: cluster.desynced()["galera-node3"] == 1 and tool_running("galera-node3"), 180,
                  "galera-node3 desynced with mariabackup running", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_controller(proc)
     killed = time.monotonic()
     proc.communicate(timeout=60)
     last_expiry = None

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
 
-from conftest import admin_connection, playbook_command, playbook_env
+from conftest import admin_connection, kill_controller, kill_tree, playbook_command, playbook_env
 
 testinfra_hosts = ["galera"]
 NODES = ("galera-node1", "galera-node2", "galera-node3")
@@ -91,14 +90,13 @@ def test_a_controller_killed_mid_task_leaves_no_password_on_the_nodes(request, t
     try:
         lines.wait_for("Read every member's Galera facts", 180)
         time.sleep(2)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        kill_controller(proc)
         time.sleep(6)  # the modules end on the nodes (the sample) and nothing is left to remove them
         found = {n: docker(n, "sh", "-c", "grep -rlF -f - /root/.ansible /tmp 2>/dev/null", input_text=secret,
                            check=False).stdout.split() for n in NODES}
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
         with admin.cursor() as cur:
             cur.execute("DROP USER IF EXISTS 'dbtools_soakreg'@'%'")
             cur.execute("DROP USER IF EXISTS 'dbtools_soakreg'@'localhost'")

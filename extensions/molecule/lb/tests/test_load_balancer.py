@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import time
 import pymysql
 import pytest
 
-from conftest import admin_connection, playbook_command, playbook_env
+from conftest import admin_connection, kill_controller, kill_tree, playbook_command, playbook_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
@@ -276,7 +275,7 @@ def test_a_killed_controller_the_watchdog_puts_the_node_back_where_it_can(reques
             assert time.monotonic() < deadline, "galera-node3 was never desynced with mariabackup running"
             time.sleep(0.2)
         assert api_admin_state(lb["haproxy1"]["api"]) & DRAIN and socket_admin_state("galera-haproxy2") & DRAIN
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_controller(proc)
         killed = time.monotonic()
         output = " ".join(proc.communicate(timeout=60)[0].split())
         assert "the watchdog cannot put the node back in HAProxy haproxy2" in output, output[-3000:]
@@ -304,7 +303,7 @@ def test_a_killed_controller_the_watchdog_puts_the_node_back_where_it_can(reques
     finally:
         conn.close()
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
     # Put it back in galera-haproxy2 by hand, as docs/lb.md tells.
     sock = items(lb)[1]
     sock.pop("host")
