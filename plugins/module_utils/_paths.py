@@ -37,6 +37,7 @@ def run_base(preferred: str = RUN_BASE) -> str:
         pass
     return os.path.join(tempfile.gettempdir(), "dbtools-galera")
 
+
 # Directories that are never a backup directory (nor a scratch or staging directory) themselves.
 SYSTEM_DIRS = frozenset((
     "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/lost+found",

@@ -244,3 +244,13 @@ def move_to_scope(unit: str, pid: int, description: str) -> str:
     if done.returncode != 0:
         return f"could not start scope {unit}: {done.stderr.strip() or done.returncode}"
     return f"in its own systemd scope {unit}"
+
+
+def lower_priority(nice: int) -> None:
+    """Lower this process's CPU priority by ``nice`` (never raise it); the processes it starts inherit it.
+    A process that cannot change it (a restricted container) goes on at its priority."""
+    if int(nice or 0) > 0:
+        try:
+            os.nice(int(nice))
+        except OSError:
+            pass

@@ -27,6 +27,8 @@ description:
     the desync lease while that process lives, so the node stays desynced until the backup is
     written and verified.
   - O(step=wait) waits up to O(timeout) seconds and reports progress; it fails with the run's error.
+  - O(step=preflight) and O(step=finish) run at the CPU priority of the backup tool (O(backup.nice)), with
+    the processes they start, so the server keeps the CPU while the node is Synced.
   - O(step=abort) stops the run's whole process group.
   - O(step=finish) with O(resync_options) first ends the desync with the rules of
     M(dbtools.galera.galera_desync) O(dbtools.galera.galera_desync#module:state=synced) (stop a run still
@@ -389,7 +391,7 @@ stream_discarded:
   type: bool
 """
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job, _restore_job
+from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job, _proc, _restore_job
 from ansible_collections.dbtools.galera.plugins.module_utils._desync import Desyncer
 from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, on_node, run_local
 
@@ -467,6 +469,11 @@ def main():
     if options and (options["drain_timeout"] < 0 or options["timeout"] < 0 or options["poll_interval"] <= 0):
         module.fail_json(msg="resync_options: drain_timeout and timeout must not be negative and poll_interval must "
                              "be positive. Nothing was changed.")
+
+    # The steps that run while the node is Synced (pre-flight; finish, after the resync) yield the CPU to its
+    # server: under load, any CPU its applier loses makes it lag and send flow control.
+    if p["step"] in ("preflight", "finish"):
+        _proc.lower_priority(p["backup"]["nice"])
 
     def resync():
         settings = dict(options, lease=True, force=False, max_recv_queue=None, watchdog=False, watchdog_haproxy=[])

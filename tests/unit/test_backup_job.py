@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -207,3 +208,17 @@ def test_a_publish_that_fails_after_the_resync_says_the_node_was_resynced(run):
     with pytest.raises(GaleraError, match="stays in") as caught:
         _backup_job.finish(params(run), lambda: dict(RESYNCED))
     assert caught.value.get("resync")["desynced"] is False
+
+
+def test_lower_priority_only_lowers_and_children_inherit_it():
+    # The pre-flight and finish steps yield the CPU to the server (galera_backup_nice); run in a child so the
+    # test process keeps its priority.
+    code = ("import os, subprocess, sys; sys.path[:0] = sys.argv[1:]; "
+            "from ansible_collections.dbtools.galera.plugins.module_utils import _proc; "
+            "before = os.getpriority(os.PRIO_PROCESS, 0); _proc.lower_priority(0); _proc.lower_priority(-5); "
+            "same = os.getpriority(os.PRIO_PROCESS, 0); _proc.lower_priority(3); "
+            "child = subprocess.run(['sh', '-c', 'cut -d\" \" -f19 /proc/self/stat'], capture_output=True, text=True).stdout; "
+            "print(before, same, os.getpriority(os.PRIO_PROCESS, 0), child.strip())")
+    out = subprocess.run([sys.executable, "-c", code, *sys.path], capture_output=True, text=True, check=True).stdout.split()
+    before, same, after, child = (int(x) for x in out)
+    assert same == before and after == min(before + 3, 19) and child == after
