@@ -2,12 +2,14 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Benchmark helper (not shipped): count, per host, the tasks that ran a module on it and every
-module round trip (retries of an ``until`` loop included); written as JSON to $TASK_COUNTER_FILE."""
+module round trip (retries of an ``until`` loop included), and when each task started and ended
+(``time.monotonic()``, the bench's clock); written as JSON to $TASK_COUNTER_FILE."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 
 from ansible.plugins.callback import CallbackBase
 
@@ -40,8 +42,14 @@ class CallbackModule(CallbackBase):
         self.tasks = {}
         self.round_trips = {}
         self.names = {}
+        self.timeline = []  # [task name, host or "", "start"/"end", monotonic time]
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self.timeline.append([task.get_name(), "", "start", time.monotonic()])
 
     def _count(self, result, retry=False):
+        if not retry:
+            self.timeline.append([result._task.get_name(), result._host.get_name(), "end", time.monotonic()])
         action = _short(result._task.action)
         if action in CONTROLLER:
             return
@@ -57,6 +65,9 @@ class CallbackModule(CallbackBase):
     def v2_runner_on_failed(self, result, ignore_errors=False):
         self._count(result)
 
+    def v2_runner_on_skipped(self, result):
+        self.timeline.append([result._task.get_name(), result._host.get_name(), "end", time.monotonic()])
+
     def v2_runner_retry(self, result):
         self._count(result, retry=True)
 
@@ -64,4 +75,5 @@ class CallbackModule(CallbackBase):
         path = os.environ.get("TASK_COUNTER_FILE")
         if path:
             with open(path, "w", encoding="utf-8") as handle:
-                json.dump(dict(tasks=self.tasks, round_trips=self.round_trips, names=self.names), handle, indent=2)
+                json.dump(dict(tasks=self.tasks, round_trips=self.round_trips, names=self.names,
+                               timeline=self.timeline), handle, indent=2)

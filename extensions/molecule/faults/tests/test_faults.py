@@ -240,13 +240,16 @@ def test_queue_guard_stops_the_backup_under_write_load(request, cluster):
     finally:
         subprocess.run(["docker", "exec", "galera-node1", "pkill", "-x", "sysbench"], check=False)
         load.wait(timeout=60)
-    print(f"\napplier frozen: {frozen or 'not needed'}; playbook rc {rc}")
+    print(f"\napplier frozen: {frozen or 'not needed'}; playbook rc {rc}; {output[output.find('PLAY RECAP'):]}")
     assert rc != 0
     assert "The backup of galera-node3 failed" in output
     assert "by the watchdog: guard: receive queue" in output or \
         "the watchdog ended the desync during the backup: guard: receive queue" in output, output[-3000:]
     assert "passed the guard of 5 write-sets" in output
-    assert "The node was resynced (Synced, wsrep_desync OFF); this run's partial backup was discarded" in output
+    # Under this load the guard may trip before the runner made its partial directory: nothing to discard then.
+    assert ("The node was resynced (Synced, wsrep_desync OFF); this run's partial backup was discarded" in output
+            or "The node was resynced (Synced, wsrep_desync OFF); this run's partial backup was not kept" in output), \
+        output[-3000:]
     assert cluster.events("galera-node3", "guard") >= 1
     assert_whole(cluster)
 
