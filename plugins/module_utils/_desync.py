@@ -395,6 +395,9 @@ class Desyncer:
                           f"(wsrep_desync_count={before.get('desync_count')}: an SST donor, a global read lock "
                           "or BACKUP STAGE); left alone.")
             if not ours:
+                if (before["local_state"] != _wsrep.SYNCED and not (before.get("desync_count") or 0)
+                        and not self.check_mode):
+                    self.wait_catching_up()
                 return self._finish(changed=False, lease_after=row)
             # Our desync was already turned off (a previous run timed out waiting): finish the job.
             if self.check_mode:
@@ -423,6 +426,18 @@ class Desyncer:
                                 lease_after=None if same_node_row else row)
         self._resync_and_release(same_node_row, resync=True)
         return self._finish(changed=True, lease_after=self.lease_after)
+
+    def wait_catching_up(self) -> None:
+        """wsrep_desync is OFF and nothing else holds the node, yet it is not Synced: another hand (the watchdog,
+        a moment ago) resynced it and it is catching up. state=synced means Synced: wait for it, bounded by
+        timeout, so nothing puts the node back in rotation before."""
+        waited = self.steps().wait_synced(self.node)
+        self.read()
+        self.result["sync_seconds"] = waited["sync_seconds"]
+        if not waited["synced"]:
+            raise GaleraError(f"node {self.node_name} has wsrep_desync=OFF but did not reach Synced within "
+                              f"timeout={self.p['timeout']}s (it is {waited['last_state']}). It is catching up; "
+                              "rerun galera_desync state=synced (or galera_wait_synced).", changed=False)
 
     def _resync_and_release(self, row, resync: bool) -> None:
         p = self.p

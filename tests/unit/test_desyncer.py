@@ -570,3 +570,26 @@ def test_predict_is_pure():
     nested = _desync.predict(dict(on, desync_count=2), False)  # mariabackup's BACKUP STAGE still holds one
     assert (nested["desync_count"], nested["local_state_comment"]) == (1, "Donor/Desynced")
     assert snap["desync"] is False
+
+
+def test_resync_after_the_watchdog_resynced_waits_for_synced_and_changes_nothing(cluster):
+    # The watchdog turned wsrep_desync OFF and released the lease a moment ago; the node is still catching up
+    # (Donor/Desynced, then Joined). state=synced returns only once it is Synced, so the role does not put the
+    # node back in rotation before (the faults scenario's queue guard met it as "resynced (Donor/Desynced...").
+    Harness(cluster).desynced()
+    n3(cluster).set_desync(False)
+    cluster.lease = None
+    h = Harness(cluster)
+    r = h.synced()
+    assert not r["changed"] and not r["desynced"]
+    assert r["after"]["local_state_comment"] == "Synced" and r["local_state_comment"]["before"] == "Donor/Desynced"
+    assert not any(s.startswith("SET GLOBAL") for s in h.conn.statements)
+
+
+def test_resync_of_a_node_that_never_gets_synced_after_the_watchdog_fails_naming_it(cluster):
+    Harness(cluster).desynced()
+    n3(cluster).set_desync(False)
+    n3(cluster).catching_up = [2] * 100000
+    cluster.lease = None
+    with pytest.raises(GaleraError, match="did not reach Synced within timeout"):
+        Harness(cluster, timeout=5).synced()
