@@ -397,7 +397,7 @@ def test_an_ssh_path_with_shell_syntax_is_used_as_written(lab, big):
         assert lab.store(f"ls -A {shlex.quote(odd)}").stdout.split() == [BIG]
         assert store_sums(lab, shlex.quote(f"{odd}/{BIG}")) == lab.local_sums(BIG)
         # The path's slashes make it nested directories: one new top entry under /srv, nothing beside it.
-        assert lab.store("ls -d /srv/odd*").stdout.splitlines() == ["/srv/" + odd[len("/srv/"):].split("/")[0]]
+        assert lab.store("ls -d /srv/odd*").stdout.splitlines() == ["/srv/" + odd[len("/srv/"):].split("/", maxsplit=1)[0]]
         assert lab.store("ls /tmp/pwned1 /tmp/pwned2", check=False).returncode != 0
         assert lab.node("ls /tmp/pwned1 /tmp/pwned2", check=False).returncode != 0
     finally:
