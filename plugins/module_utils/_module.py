@@ -55,11 +55,14 @@ def on_node(module: AnsibleModule, work):
     try:
         return work(_wsrep.Node(session.connection()))
     except _connection.pymysql.err.MySQLError as exc:
-        errno = _connection.mysql_errno(exc)
-        raise GaleraError(f"the server refused a query: {exc}. {_connection.privilege_hint(errno)}",
-                          errno=errno) from None
+        raise GaleraError(refused(exc), errno=_connection.mysql_errno(exc)) from None
     finally:
         session.close()
+
+
+def refused(exc) -> str:
+    """The message of a query the server refused (a PyMySQL error), with what to check."""
+    return f"the server refused a query: {exc}. {_connection.privilege_hint(_connection.mysql_errno(exc))}"
 
 
 def run(module: AnsibleModule, work, lazy: bool = False) -> None:
@@ -82,9 +85,8 @@ def run(module: AnsibleModule, work, lazy: bool = False) -> None:
     except GaleraError as exc:
         fail(module, exc, **({"queries": node.queries} if node is not None else {}))
     except _connection.pymysql.err.MySQLError as exc:
-        errno = _connection.mysql_errno(exc)
-        module.fail_json(msg=f"the server refused a query: {exc}. {_connection.privilege_hint(errno)}",
-                         errno=errno, **({"queries": node.queries} if node is not None else {}))
+        module.fail_json(msg=refused(exc), errno=_connection.mysql_errno(exc),
+                         **({"queries": node.queries} if node is not None else {}))
     finally:
         session.close()
     if node is not None:
