@@ -47,6 +47,13 @@ def valid_database_name(name: str) -> bool:
     return bool(name and _IDENTIFIER.match(name))
 
 
+def owner_error(owner: str) -> str | None:
+    """Why ``owner`` cannot name a lease holder (the lease table's owner column), or None."""
+    if not owner.strip() or len(owner) > 255:
+        return "owner must be a non-empty string of at most 255 characters"
+    return None
+
+
 def judge(row: dict | None, owner: str, node: str) -> str:
     """FREE (no lease), OURS (this owner on this node), EXPIRED, or HELD by another."""
     if not row:

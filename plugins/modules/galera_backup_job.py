@@ -391,7 +391,7 @@ stream_discarded:
   type: bool
 """
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job, _proc, _restore_job
+from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job, _lease, _proc, _restore_job
 from ansible_collections.dbtools.galera.plugins.module_utils._desync import Desyncer
 from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, on_node, run_local
 
@@ -469,6 +469,8 @@ def main():
     if options and (options["drain_timeout"] < 0 or options["timeout"] < 0 or options["poll_interval"] <= 0):
         module.fail_json(msg="resync_options: drain_timeout and timeout must not be negative and poll_interval must "
                              "be positive. Nothing was changed.")
+    if options and _lease.owner_error(options["owner"]):
+        module.fail_json(msg=f"resync_options: {_lease.owner_error(options['owner'])}. Nothing was changed.")
 
     # The steps that run while the node is Synced (pre-flight; finish, after the resync) yield the CPU to its
     # server: under load, any CPU its applier loses makes it lag and send flow control.

@@ -382,7 +382,7 @@ queries:
   sample: ["SET GLOBAL wsrep_desync = ON"]
 """
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _lb
+from ansible_collections.dbtools.galera.plugins.module_utils import _lb, _lease
 from ansible_collections.dbtools.galera.plugins.module_utils._desync import Desyncer
 from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, check_non_negative, run
 
@@ -424,8 +424,8 @@ def main():
     if p["watchdog_min_free_fraction"] > 1:
         module.fail_json(msg="watchdog_min_free_fraction is a fraction of the filesystem, from 0 to 1, got "
                              f"{p['watchdog_min_free_fraction']}. Nothing was changed.")
-    if not p["owner"].strip() or len(p["owner"]) > 255:
-        module.fail_json(msg="owner must be a non-empty string of at most 255 characters. Nothing was changed.")
+    if _lease.owner_error(p["owner"]):
+        module.fail_json(msg=f"{_lease.owner_error(p['owner'])}. Nothing was changed.")
 
     def work(node):
         desyncer = Desyncer(p, node, module.check_mode, module.warn)

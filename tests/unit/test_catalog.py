@@ -613,3 +613,17 @@ def test_prune_module_keeps_a_twin_cluster_and_what_it_cannot_prove(tmp_path):
     again = run_module("galera_backup_prune", {"path": str(tmp_path), "cluster": "my_wsrep_cluster", "keep": 1})
     assert again["removed"] == [twin[0]["id"]]
     assert (tmp_path / twin[1]["id"]).is_dir() and (tmp_path / ours[2]["id"]).is_dir()
+
+
+@pytest.mark.parametrize("owner", ["", "   ", "x" * 256])
+def test_desync_and_the_finish_steps_resync_refuse_an_owner_the_lease_cannot_hold(tmp_path, owner):
+    # Both refuse before they connect: the login points at a socket that does not exist, so a module that
+    # got past the check would fail naming the connection instead.
+    login = {"login_unix_socket": str(tmp_path / "no.sock")}
+    desync = run_module("galera_desync", dict(login, state="desynced", owner=owner))
+    assert desync["failed"] and desync["msg"] == ("owner must be a non-empty string of at most 255 characters. "
+                                                  "Nothing was changed.")
+    finish = run_module("galera_backup_job", dict(login, step="finish", run={}, backup={"dir": str(tmp_path)},
+                                                  resync_options={"owner": owner}))
+    assert finish["failed"] and finish["msg"] == ("resync_options: owner must be a non-empty string of at most "
+                                                  "255 characters. Nothing was changed.")
