@@ -168,8 +168,10 @@ def test_preflight_refuses_when_the_write_rate_cannot_fit_in_the_gcache_filesyst
     load = small_gcache
     load.start()
     try:
-        defaults = backup(request)
-        reserve = backup(request, "-e", f"galera_backup_min_free_bytes={8 * MIB}")
+        # The role's default galera_backup_max_duration (the scenarios' inventory sets a shorter one).
+        defaults = backup(request, "-e", "galera_backup_max_duration=21600")
+        reserve = backup(request, "-e", f"galera_backup_min_free_bytes={8 * MIB}",
+                         "-e", "galera_backup_max_duration=21600")
     finally:
         load.stop()
     print(f"\nwith the defaults: {defaults.output[-1500:]}\nwith an 8 MiB reserve: {reserve.output[-1500:]}")
