@@ -13,6 +13,7 @@ broad name.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -252,9 +253,37 @@ class NetworkCut(Fault):
         done = docker("network", "connect", NETWORK, self.ctx.node, check=False)
         if done.returncode != 0 and "already exists" not in done.stderr:
             raise RuntimeError(f"reconnecting {self.ctx.node}: {done.stderr.strip()}")
+        # `docker network connect` appends the node's name to its /etc/hosts once more. Galera's rsync SST joiner
+        # binds every address its name resolves to (rsync --address <name>): the duplicate fails with "address in
+        # use", so this node could never rejoin after a later restart (soak seed soak-20261202, cycles 7 and 21). A
+        # real network cut leaves /etc/hosts alone: so does the soak, which writes the name's line back once.
+        ip = _ip(self.ctx.node)
+        if ip:
+            fixed = node_exec(self.ctx.node, "python3", "-c", HOSTS_FIX, "/etc/hosts", self.ctx.node, ip, check=False)
+            self.detail["hosts"] = (fixed.stdout + fixed.stderr).strip()[-200:]
 
     def emergency_end(self):
         self.reconnect()
+
+
+def one_hosts_line(text: str, name: str, ip: str) -> str:
+    """/etc/hosts with ``name`` on exactly one line, ``ip name``: docker's duplicates (and an old address) gone."""
+    kept = [line for line in text.splitlines() if name not in line.split("#")[0].split()[1:]]
+    return "\n".join(kept + [f"{ip}\t{name}"]) + "\n"
+
+
+# Runs in the node (python3 -c HOSTS_FIX PATH NAME IP): /etc/hosts is a bind mount there, so it is rewritten in
+# place, never replaced.
+HOSTS_FIX = inspect.getsource(one_hosts_line) + r"""
+import sys
+path, name, ip = sys.argv[1:4]
+with open(path, "r+", encoding="utf-8") as f:
+    text = f.read()
+    f.seek(0)
+    f.write(one_hosts_line(text, name, ip))
+    f.truncate()
+print(f"{len([l for l in text.splitlines() if name in l.split('#')[0].split()[1:]])} line(s) naming {name} -> 1")
+"""
 
 
 def _ip(node):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from collections import Counter
 
@@ -363,3 +364,16 @@ def test_the_table_and_summary_show_each_cycle_and_count_violations():
     summary = report.summary(cycles, [dict(cycle=1, text="x")])
     assert summary["violations"] == 1 and summary["outcomes"] == {"failed": 1}
     assert summary["longest_to_synced_after_fault_seconds"] == 12.3
+
+
+def test_a_reconnected_node_names_itself_once_in_its_hosts_file(tmp_path):
+    # docker network connect appends the node's line again; rsync's SST joiner then fails to bind the duplicate.
+    import faults  # pylint: disable=import-outside-toplevel
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n172.21.0.4\tgalera-node3\n"
+                     "172.21.0.9\tgalera-node3x\n172.21.0.4\tgalera-node3\n")
+    done = subprocess.run([sys.executable, "-c", faults.HOSTS_FIX, str(hosts), "galera-node3", "172.21.0.7"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "2 line(s) naming galera-node3 -> 1"
+    assert hosts.read_text() == ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n172.21.0.9\tgalera-node3x\n"
+                                 "172.21.0.7\tgalera-node3\n")
