@@ -128,7 +128,7 @@ def load(mib: int) -> None:
          "(id INT AUTO_INCREMENT PRIMARY KEY, v BLOB NOT NULL) ENGINE=InnoDB\"")
     for batch in range(mib // 64):
         log(f"  batch {batch + 1} of {mib // 64}")
-        node("mariadb -e \"INSERT INTO benchdb.t (v) SELECT random_bytes(1000) FROM seq_1_to_65536\"")
+        node("mariadb -e \"INSERT INTO benchdb.t (v) SELECT random_bytes(1000) FROM benchdb.seq_1_to_65536\"")
 
 
 def main(argv=None) -> int:

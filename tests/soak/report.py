@@ -146,6 +146,7 @@ def plot(out_dir: str, meta: dict, cycles: list) -> str | None:
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    from matplotlib.patches import Patch  # pylint: disable=import-outside-toplevel
 
     colors = {"published": "tab:green", "refused": "tab:blue", "failed": "tab:orange", "killed": "tab:purple",
               "anomaly": "tab:red"}
@@ -155,9 +156,9 @@ def plot(out_dir: str, meta: dict, cycles: list) -> str | None:
                 for c in cycles]
     top.bar(xs, desynced, color=[colors.get((c.get("run") or {}).get("kind"), "grey") for c in cycles])
     top.set_ylabel("backup node desynced (s)")
-    for kind, color in colors.items():
-        top.bar([], [], color=color, label=kind)
-    top.legend(fontsize=7, ncol=5, loc="upper right")
+    # Patches, not empty bars: an empty bar container gives the legend the default colour for every entry.
+    top.legend(handles=[Patch(color=color, label=kind) for kind, color in colors.items()], fontsize=7, ncol=5,
+               loc="upper right")
     top.grid(alpha=0.3, axis="y")
     to_whole = [c.get("to_whole_after_fault") or 0 for c in cycles]
     bottom.bar(xs, to_whole, color="tab:grey")
