@@ -803,7 +803,7 @@ def choose_node(probes: dict, order=None) -> dict:
     """The node that archives this run, from every host's probe (``{host: probe or None}``).
 
     A candidate is healthy (Synced, Primary, ready) and PITR-ready. With no cursor yet: the
-    candidate whose binlogs reach furthest back. Else: the previous archiving node when it holds
+    candidate whose binlogs reach furthest back without a break up to its newest GTID. Else: the previous archiving node when it holds
     cursor+1, or the candidate holding cursor+1 that reaches furthest (ties: ``order``). When no
     candidate holds cursor+1, those GTIDs are gone from the cluster: the candidate whose history
     starts nearest after the cursor is chosen and the range between is named (``gap``), to be
@@ -842,10 +842,12 @@ def choose_node(probes: dict, order=None) -> dict:
         return out
     ranges = {h: probes[h].get("coverage") or [] for h in candidates}
     if last is None:
+        # Only the unbroken run of GTIDs that reaches a node's newest counts: history before a break in its binlogs
+        # cannot start an archive that has to continue from there (its file holding the break is not archived).
         def earliest(host):
-            return (ranges[host][0][0] if ranges[host] else float("inf"), order.index(host))
+            return (ranges[host][-1][0] if ranges[host] else float("inf"), order.index(host))
         out.update(ok=True, node=min(candidates, key=earliest),
-                   reason="the archive starts on the node whose binlogs reach furthest back")
+                   reason="the archive starts on the node whose binlogs reach furthest back without a break")
         return out
     reach = {h: covers(ranges[h], last) for h in candidates}
     previous = _previous_host(probes, order, state.get("node"), refused)

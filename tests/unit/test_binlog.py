@@ -425,6 +425,14 @@ def test_the_first_run_starts_where_the_binlogs_reach_furthest_back():
     assert _binlog.choose_node(probes, ["h1", "h2"])["node"] == "h2"
 
 
+def test_the_first_run_never_starts_on_a_node_whose_binlogs_break_before_the_present():
+    # CI, pitr scenario: galera-node1's binlogs reached furthest back but missed two GTIDs; the first run chose it,
+    # could archive nothing (the file holding the break is not archived) and the archive started a run later.
+    probes = {"h1": probe("n1", [[3, 20], [22, 50]]), "h2": probe("n2", [[10, 50]])}
+    plan = _binlog.choose_node(probes, ["h1", "h2"])
+    assert plan["node"] == "h2" and plan["reason"].endswith("without a break")
+
+
 def test_the_newest_catalogue_state_any_node_read_wins():
     probes = {"h1": probe("n1", [[0, 50]], 10, "n1", revision=3), "h2": probe("n2", [[0, 50]], 20, "n2", revision=4)}
     plan = _binlog.choose_node(probes, ["h1", "h2"])
