@@ -42,32 +42,28 @@ CONTROL = ("\n", "\r", "\t", "\x00", "\x7f", "\u2028")
 # ---------------------------------------------------------------------------------------------
 # A reader of systemd's unit syntax (systemd.syntax(7), systemd.service(5) "COMMAND LINES"), as documented
 
-def unspecifier(text: str) -> str:
-    """Specifier resolution: '%%' is '%'; any other specifier would change the value, so it is an error here."""
+def undouble(text: str, char: str, what: str) -> str:
+    """``char`` doubled is one ``char``; a lone one would change the value (a specifier, a variable): an error."""
     out, i = [], 0
     while i < len(text):
-        if text[i] == "%":
-            assert text[i + 1:i + 2] == "%", f"unescaped specifier in {text!r}"
-            out.append("%")
+        if text[i] == char:
+            assert text[i + 1:i + 2] == char, f"unescaped {what} in {text!r}"
+            out.append(char)
             i += 2
         else:
             out.append(text[i])
             i += 1
     return "".join(out)
+
+
+def unspecifier(text: str) -> str:
+    """Specifier resolution: '%%' is '%'; any other specifier would change the value, so it is an error here."""
+    return undouble(text, "%", "specifier")
 
 
 def undollar(text: str) -> str:
     """ExecStart= variable expansion at start: '$$' is '$'; a lone '$' would expand a variable: an error here."""
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "$":
-            assert text[i + 1:i + 2] == "$", f"unescaped $ in {text!r}"
-            out.append("$")
-            i += 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+    return undouble(text, "$", "$")
 
 
 def words(value: str) -> list:
