@@ -469,8 +469,9 @@ def main():
     if options and (options["drain_timeout"] < 0 or options["timeout"] < 0 or options["poll_interval"] <= 0):
         module.fail_json(msg="resync_options: drain_timeout and timeout must not be negative and poll_interval must "
                              "be positive. Nothing was changed.")
-    if options and _lease.owner_error(options["owner"]):
-        module.fail_json(msg=f"resync_options: {_lease.owner_error(options['owner'])}. Nothing was changed.")
+    owner_problem = _lease.owner_error(options["owner"]) if options else None
+    if owner_problem:
+        module.fail_json(msg=f"resync_options: {owner_problem}. Nothing was changed.")
 
     # The steps that run while the node is Synced (pre-flight; finish, after the resync) yield the CPU to its
     # server: under load, any CPU its applier loses makes it lag and send flow control.

@@ -424,8 +424,9 @@ def main():
     if p["watchdog_min_free_fraction"] > 1:
         module.fail_json(msg="watchdog_min_free_fraction is a fraction of the filesystem, from 0 to 1, got "
                              f"{p['watchdog_min_free_fraction']}. Nothing was changed.")
-    if _lease.owner_error(p["owner"]):
-        module.fail_json(msg=f"{_lease.owner_error(p['owner'])}. Nothing was changed.")
+    owner_problem = _lease.owner_error(p["owner"])
+    if owner_problem:
+        module.fail_json(msg=f"{owner_problem}. Nothing was changed.")
 
     def work(node):
         desyncer = Desyncer(p, node, module.check_mode, module.warn)
