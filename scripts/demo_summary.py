@@ -34,7 +34,8 @@ REPORT = re.compile(
     r"(?P<sync>[\d.]+|None) s to Synced, flow control sent while desynced: (?P<fc>\S+?)\.?$")
 INTERVAL = re.compile(r"^\s*-\s*['\"]?(?P<t>\d+)s (?P<tps>[\d.]+) tps['\"]?\s*$")
 
-DESYNC_TASK = "Desync the node under the cluster-wide lease"
+DESYNC_TASK = "Desync the node under the cluster-wide lease and start the backup run (tool, checksums, verification)"
+DESYNC_TASK_BEFORE = "Desync the node under the cluster-wide lease"  # 0.3.0: the desync was a task of its own
 RESYNC_TASK = "Drain the receive queue, resync the node and wait for Synced; publish the verified backup or discard the run"
 # The resync task's name before 0.4.0 (its own task then): logs of older runs still read.
 RESYNC_TASK_BEFORE = "Drain the receive queue, resync the node and wait for Synced"
@@ -124,6 +125,8 @@ def summary(text: str) -> dict:
         raise NoBackup("the log shows no finished backup (no 'Report the backup' message)")
 
     desynced_at = end_of(all_tasks, DESYNC_TASK)
+    if desynced_at is None:
+        desynced_at = end_of(all_tasks, DESYNC_TASK_BEFORE)
     synced_at = end_of(all_tasks, RESYNC_TASK)
     if synced_at is None:
         synced_at = end_of(all_tasks, RESYNC_TASK_BEFORE)

@@ -9,9 +9,10 @@
   nothing: settings and paths, the directory (never an existing one changed), accounts, tools, the
   tools' login lands on this node, the key, the incremental's parent, free space for the backup and
   for gcache while desynced. Returns the run: its id, paths and facts for the next steps.
-- ``start`` (after the desync): creates what the run needs (the directory when missing, the private
-  run directory with the option file and key file, the ``.partial`` with its run record), sweeps
-  what provably dead runs of this cluster left, and starts the detached runner (``_backup_runner``).
+- ``start``: with the role, first desyncs the node under the lease (its watchdog holds on to the run's
+  pid file), then creates what the run needs (the directory when missing, the private run directory
+  with the option file and key file, the ``.partial`` with its run record), sweeps what provably dead
+  runs of this cluster left, and starts the detached runner (``_backup_runner``).
 - ``wait``: reports progress until the runner is done; fails with the runner's error.
 - ``abort``: stops the runner's whole process group (the rescue, before the resync).
 - ``finish``: with the role, first ends the desync (drain, resync, Synced: the same process, so its start
@@ -470,7 +471,12 @@ def gcache_estimate(gcache: dict, gcache_dir: str, max_duration: int, min_free: 
 # ---------------------------------------------------------------------------------------------
 # start
 
-def start(params: dict) -> dict:
+def start(params: dict, desync=None) -> dict:
+    """Create what the run needs and start its runner. ``desync``, when given, is a callable that desyncs
+    the node under the lease with a watchdog holding on to the run's pid file (``galera_desync``'s rules)
+    and returns its result: the role's desync and start are then one call, after the checks of this step
+    and before anything is created. When a later part fails, the error carries the desync's result
+    (``desync``), so the caller knows the node is desynced and resyncs it."""
     run = checked_run(params["run"])
     s = dict(params["backup"])
     if (run.get("stream") or {}).get("name", "") != (s.get("stream_to") or ""):
@@ -481,6 +487,23 @@ def start(params: dict) -> dict:
     # Checked again: the directory may have changed since preflight; still nothing is created yet.
     exists = _paths.check_existing_dir(run["dir"], "galera_backup_dir", uid)
     key = load_key(s)
+    if desync is None:
+        return spawn(run, s, params, exists, uid, gid, key, params.get("watchdog_state"))
+    desynced = desync(run["pid_file"])
+    try:
+        result = spawn(run, s, params, exists, uid, gid, key,
+                       (desynced.get("watchdog") or {}).get("state_file") or params.get("watchdog_state"))
+    except GaleraError as exc:
+        exc.details.setdefault("desync", desynced)
+        raise
+    except Exception as exc:  # pylint: disable=broad-except
+        raise GaleraError(f"cannot start the backup run on this node: {exc}. The node is desynced: the role resyncs "
+                          "it; nothing was backed up.", desync=desynced) from exc
+    return dict(result, desync=desynced)
+
+
+def spawn(run: dict, s: dict, params: dict, exists: bool, uid: int, gid: int, key, watchdog_state) -> dict:
+    """What ``start`` creates, and the detached runner; everything created is removed when it fails."""
     created = False if exists else _paths.make_dir(run["dir"], uid, gid, 0o700)
     swept = sweep(run, params)
     os.makedirs(run["run_base"], mode=0o700, exist_ok=True)
@@ -499,8 +522,7 @@ def start(params: dict) -> dict:
             if not os.path.isdir(run["verify_base"]):
                 _paths.make_dir(run["verify_base"], 0, 0, 0o711)
         os.mkdir(run["partial"], 0o700)
-        runner = _backup_runner.Runner(run, s, login_of(params), key, key_file, run["cnf"],
-                                       params.get("watchdog_state"))
+        runner = _backup_runner.Runner(run, s, login_of(params), key, key_file, run["cnf"], watchdog_state)
 
         def write_pid():
             with open(os.open(run["pid_file"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w",

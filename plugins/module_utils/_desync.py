@@ -34,6 +34,42 @@ from ansible_collections.dbtools.galera.plugins.module_utils._errors import Gale
 PREDICTED = "(taken by this owner)"
 _READ = object()  # _finish: read the lease for the result
 
+# The options of a desync under the lease with its watchdog: galera_desync's, and those of
+# galera_backup_job's O(desync_options) (the role's desync, in the same call that starts the backup).
+OPTIONS = dict(
+    lease_database=dict(type="str", default="dbtools_galera"),
+    lease_ttl=dict(type="int", default=3600),
+    min_cluster_size=dict(type="int", default=2),
+    drain_timeout=dict(type="int", default=600),
+    timeout=dict(type="int", default=300),
+    poll_interval=dict(type="float", default=0.5),
+    watchdog_max_hold=dict(type="int", default=21600),
+    watchdog_max_recv_queue=dict(type="int", default=0),
+    watchdog_hard_limit_fraction=dict(type="float", default=0.5),
+    watchdog_min_free_bytes=dict(type="int", default=1 << 30),
+    watchdog_min_free_fraction=dict(type="float", default=0.05),
+    pxc_maint_mode=dict(type="bool", default=False),
+    watchdog_haproxy=dict(type="list", elements="dict", default=[], options=_lb.ITEM_SPEC),
+)
+NON_NEGATIVE = ("min_cluster_size", "max_recv_queue", "drain_timeout", "timeout", "watchdog_max_hold",
+                "watchdog_max_recv_queue", "watchdog_hard_limit_fraction", "watchdog_min_free_bytes",
+                "watchdog_min_free_fraction")
+
+
+def option_problem(p: dict) -> str | None:
+    """What is wrong with desync options (OPTIONS, with ``owner``), or None."""
+    negative = [f"{n}={p[n]}" for n in NON_NEGATIVE if p.get(n) is not None and p[n] < 0]
+    if negative:
+        return "these options must not be negative: " + ", ".join(negative)
+    if p["lease_ttl"] < 1:
+        return f"lease_ttl must be at least 1 second, got {p['lease_ttl']}"
+    if p["poll_interval"] <= 0:
+        return f"poll_interval must be positive, got {p['poll_interval']}"
+    if p["watchdog_min_free_fraction"] > 1:
+        return ("watchdog_min_free_fraction is a fraction of the filesystem, from 0 to 1, got "
+                f"{p['watchdog_min_free_fraction']}")
+    return _lease.owner_error(p["owner"])
+
 
 def host_port(address: str | None, default_port: int = 3306):
     """``host[:port]`` (IPv6 in brackets) to (host, port)."""

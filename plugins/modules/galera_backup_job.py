@@ -10,8 +10,8 @@ short_description: The node-side steps of one galera_backup run (pre-flight, sta
 version_added: 0.3.0
 description:
   - The steps the P(dbtools.galera.galera_backup#role) role runs on the node it backs up, in this order;
-    the role desyncs the node with M(dbtools.galera.galera_desync) between O(step=preflight) and
-    O(step=start), and O(step=finish) with O(resync_options) resyncs it before publishing. Use the role;
+    O(step=start) with O(desync_options) desyncs the node first and O(step=finish) with O(resync_options)
+    resyncs it before publishing, both with the rules of M(dbtools.galera.galera_desync). Use the role;
     the module is documented so its output can be read.
   - O(step=preflight) makes every check that can refuse, while the node is still Synced, and changes
     nothing - the settings and paths (absolute, normalised, not a system or data directory, an existing
@@ -20,6 +20,12 @@ description:
     encryption key, the parent of an incremental backup, free space for the backup and the
     verification copy, and room for the write-sets a desynced node keeps in gcache for up to
     O(backup.max_duration) seconds. It returns RV(run), which the later steps take back.
+  - O(step=start) with O(desync_options) first desyncs the node under the cluster-wide lease, as
+    M(dbtools.galera.galera_desync) O(dbtools.galera.galera_desync#module:state=desynced) with a watchdog
+    does (refusals change nothing), after this step's own checks of the directory and the key; one call
+    instead of two saves the node a module start while it is still Synced. When a later part of the step
+    fails, the node stays desynced and the result's RV(desync) says so; the role's O(step=finish)
+    resyncs it.
   - O(step=start) creates what the run needs (the directory when missing, 0700; a private run
     directory with the tools' 0600 option file and key file; the C(.partial) directory with a run
     record), removes what provably dead runs of the same cluster left, and starts the run as a
@@ -96,8 +102,106 @@ options:
     description: With O(step=finish), the step that failed.
     type: str
   desync:
-    description: With O(step=finish), the M(dbtools.galera.galera_desync) O(dbtools.galera.galera_desync#module:state=desynced) result.
+    description:
+      - With O(step=finish), the result of the desync, RV(desync) of O(step=start) with O(desync_options) (or of
+        M(dbtools.galera.galera_desync) O(dbtools.galera.galera_desync#module:state=desynced)).
     type: dict
+  desync_options:
+    description:
+      - With O(step=start), desync the node in this step, before anything is created, with these options of
+        M(dbtools.galera.galera_desync) O(dbtools.galera.galera_desync#module:state=desynced) (the lease is
+        used, never forced; the watchdog holds on to the run's pid file). Without it, desync the node before
+        this step.
+    type: dict
+    version_added: 0.4.0
+    suboptions:
+      owner:
+        description: The desync lease owner (see M(dbtools.galera.galera_desync) O(dbtools.galera.galera_desync#module:owner)).
+        type: str
+        required: true
+      lease_database:
+        description: The database of the lease table.
+        type: str
+        default: dbtools_galera
+      lease_ttl:
+        description: Seconds the lease is valid; the watchdog renews it while the run lives.
+        type: int
+        default: 3600
+      min_cluster_size:
+        description: The number of other members that must stay in the cluster while this node is desynced.
+        type: int
+        default: 2
+      drain_timeout:
+        description: Seconds to wait for the queue to drain when the desync is rolled back or the watchdog resyncs.
+        type: int
+        default: 600
+      timeout:
+        description: Seconds to wait for Synced after such a resync.
+        type: int
+        default: 300
+      poll_interval:
+        description: Seconds between two reads of the node's status while waiting.
+        type: float
+        default: 0.5
+      watchdog_max_hold:
+        description: Seconds after which the watchdog stops renewing the lease for the run.
+        type: int
+        default: 21600
+      watchdog_max_recv_queue:
+        description: Queue guard of the watchdog, in write-sets; V(0) disables it.
+        type: int
+        default: 0
+      watchdog_hard_limit_fraction:
+        description: Queue guard of the watchdog, a fraction of C(gcs.recv_q_hard_limit).
+        type: float
+        default: 0.5
+      watchdog_min_free_bytes:
+        description: Free-space guard of gcache's filesystem, checked before the desync too.
+        type: int
+        default: 1073741824
+      watchdog_min_free_fraction:
+        description: Free-space guard, a fraction of the filesystem's size, from V(0) to V(1).
+        type: float
+        default: 0.05
+      pxc_maint_mode:
+        description: Percona XtraDB Cluster only; set C(pxc_maint_mode=MAINTENANCE) before the desync.
+        type: bool
+        default: false
+      watchdog_haproxy:
+        description:
+          - HAProxy instances the watchdog puts the node back in after a resync it makes itself
+            (see M(dbtools.galera.galera_desync) O(dbtools.galera.galera_desync#module:watchdog_haproxy)).
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          name:
+            description: A label for messages.
+            type: str
+          socket:
+            description: Path of the runtime API's Unix socket.
+            type: str
+          address:
+            description: C(host:port) of a TCP runtime API, as the node reaches it.
+            type: str
+          backend:
+            description: The backend that balances the Galera nodes.
+            type: str
+            required: true
+          server:
+            description: The name of this node's C(server) line in that backend.
+            type: str
+            required: true
+          shutdown_sessions:
+            description: Not used here.
+            type: bool
+            default: false
+          host:
+            description: Not used here.
+            type: str
+          become:
+            description: Not used here.
+            type: bool
   resync:
     description:
       - With O(step=finish) and no O(resync_options), the M(dbtools.galera.galera_desync)
@@ -314,12 +418,13 @@ EXAMPLES = r"""
     backup: {dir: /var/backups/galera, verify: prepare}
   register: job
 
-- name: Start the backup run (after the desync)
+- name: Desync the node under the lease and start the backup run
   dbtools.galera.galera_backup_job:
     step: start
     run: "{{ job.run }}"
     backup: {dir: /var/backups/galera, verify: prepare}
-    watchdog_state: "{{ desync.watchdog.state_file }}"
+    desync_options: {owner: "{{ owner }}", lease_ttl: 300}
+  register: started
 
 - name: Wait for it
   dbtools.galera.galera_backup_job:
@@ -377,6 +482,15 @@ resync:
   returned: step finish, with resync_options
   type: dict
   version_added: 0.4.0
+desync:
+  description:
+    - With O(step=start) and O(desync_options), the desync's result, in the shape of
+      M(dbtools.galera.galera_desync)'s (C(changed), C(desynced), C(local_state_comment), C(lease), C(watchdog),
+      C(pxc_maint_mode)...). Also in the result of a step that failed after the desync (the node is desynced).
+      Predicted in check mode.
+  returned: step start, with desync_options
+  type: dict
+  version_added: 0.4.0
 metrics:
   description: With O(step=finish) and O(backup.metrics_dir), the metrics file written.
   returned: step finish, when metrics_dir is set
@@ -391,7 +505,7 @@ stream_discarded:
   type: bool
 """
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job, _lease, _proc, _restore_job
+from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job, _desync, _lease, _proc, _restore_job
 from ansible_collections.dbtools.galera.plugins.module_utils._desync import Desyncer
 from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, on_node, run_local
 
@@ -433,6 +547,8 @@ BACKUP_SPEC = dict(
                 required_if=[("type", "ssh", ("host", "path")), ("type", "s3", ("bucket",))]),
 )
 
+DESYNC_SPEC = dict(owner=dict(type="str", required=True), **_desync.OPTIONS)
+
 RESYNC_SPEC = dict(
     owner=dict(type="str", required=True),
     lease_database=dict(type="str", default="dbtools_galera"),
@@ -458,6 +574,7 @@ def main():
             desync=dict(type="dict"),
             resync=dict(type="dict"),
             resync_options=dict(type="dict", options=RESYNC_SPEC),
+            desync_options=dict(type="dict", options=DESYNC_SPEC),
             backup=dict(type="dict", required=True, options=BACKUP_SPEC),
         ),
         supports_check_mode=True,
@@ -472,6 +589,10 @@ def main():
     owner_problem = _lease.owner_error(options["owner"]) if options else None
     if owner_problem:
         module.fail_json(msg=f"resync_options: {owner_problem}. Nothing was changed.")
+    desync_options = p["desync_options"]
+    problem = _desync.option_problem(desync_options) if desync_options else None
+    if problem:
+        module.fail_json(msg=f"desync_options: {problem}. Nothing was changed.")
 
     # The steps that run while the node is Synced (pre-flight; finish, after the resync) yield the CPU to its
     # server: under load, any CPU its applier loses makes it lag and send flow control.
@@ -489,6 +610,18 @@ def main():
 
         return on_node(module, work)
 
+    def desync(pid_file):
+        settings = dict(desync_options, lease=True, force=False, max_recv_queue=None, watchdog=True,
+                        watchdog_hold_pid_file=pid_file)
+
+        def work(node):
+            out = Desyncer(settings, node, module.check_mode, module.warn).desynced()
+            out.pop("diff", None)
+            out.pop("lease_before", None)
+            return out
+
+        return on_node(module, work)
+
     def work():
         step = p["step"]
         if step == "preflight":
@@ -499,9 +632,13 @@ def main():
                        msg=f"check mode: step {step} not run")
             if step == "finish" and options:
                 out["resync"] = resync()
+            if step == "start" and desync_options:
+                out["desync"] = desync(_backup_job.checked_run(p["run"])["pid_file"])
             return out
         if step == "finish":
             return _backup_job.finish(p, resync if options else None)
+        if step == "start":
+            return _backup_job.start(p, desync if desync_options else None)
         return getattr(_backup_job, step)(p)
 
     run_local(module, work)

@@ -382,9 +382,9 @@ queries:
   sample: ["SET GLOBAL wsrep_desync = ON"]
 """
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _lb, _lease
+from ansible_collections.dbtools.galera.plugins.module_utils import _desync
 from ansible_collections.dbtools.galera.plugins.module_utils._desync import Desyncer
-from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, check_non_negative, run
+from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, run
 
 
 def main():
@@ -394,39 +394,17 @@ def main():
             owner=dict(type="str", default="dbtools.galera"),
             force=dict(type="bool", default=False),
             lease=dict(type="bool", default=True),
-            lease_database=dict(type="str", default="dbtools_galera"),
-            lease_ttl=dict(type="int", default=3600),
-            min_cluster_size=dict(type="int", default=2),
             max_recv_queue=dict(type="int"),
-            drain_timeout=dict(type="int", default=600),
-            timeout=dict(type="int", default=300),
-            poll_interval=dict(type="float", default=0.5),
             watchdog=dict(type="bool", default=True),
             watchdog_hold_pid_file=dict(type="path"),
-            watchdog_max_hold=dict(type="int", default=21600),
-            watchdog_max_recv_queue=dict(type="int", default=0),
-            watchdog_hard_limit_fraction=dict(type="float", default=0.5),
-            watchdog_min_free_bytes=dict(type="int", default=1 << 30),
-            watchdog_min_free_fraction=dict(type="float", default=0.05),
-            pxc_maint_mode=dict(type="bool", default=False),
-            watchdog_haproxy=dict(type="list", elements="dict", default=[], options=_lb.ITEM_SPEC),
+            **_desync.OPTIONS,
         ),
         supports_check_mode=True,
     )
-    check_non_negative(module, ["min_cluster_size", "max_recv_queue", "drain_timeout", "timeout", "watchdog_max_hold",
-                                "watchdog_max_recv_queue", "watchdog_hard_limit_fraction", "watchdog_min_free_bytes",
-                                "watchdog_min_free_fraction"])
     p = module.params
-    if p["lease_ttl"] < 1:
-        module.fail_json(msg=f"lease_ttl must be at least 1 second, got {p['lease_ttl']}. Nothing was changed.")
-    if p["poll_interval"] <= 0:
-        module.fail_json(msg=f"poll_interval must be positive, got {p['poll_interval']}. Nothing was changed.")
-    if p["watchdog_min_free_fraction"] > 1:
-        module.fail_json(msg="watchdog_min_free_fraction is a fraction of the filesystem, from 0 to 1, got "
-                             f"{p['watchdog_min_free_fraction']}. Nothing was changed.")
-    owner_problem = _lease.owner_error(p["owner"])
-    if owner_problem:
-        module.fail_json(msg=f"{owner_problem}. Nothing was changed.")
+    problem = _desync.option_problem(p)
+    if problem:
+        module.fail_json(msg=f"{problem}. Nothing was changed.")
 
     def work(node):
         desyncer = Desyncer(p, node, module.check_mode, module.warn)

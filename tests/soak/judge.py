@@ -193,8 +193,9 @@ def desynced_nodes(nodes: dict) -> list:
 FAILED = re.compile(r"(?:fatal|failed): \[([^\]]+)\]: FAILED! => ")
 TASK = re.compile(r"^TASK \[(?:[^:\]]+ : )?(.+?)\] \*+", re.M)
 PUBLISHED = re.compile(r"Backup (\S+) \(")
-DESYNC_TASK = "Desync the node under the cluster-wide lease"
-START_TASK = "Start the backup run (tool, checksums, verification) as a process of its own"
+# One task desyncs the node and starts the run: it fails with ``desync.changed`` when the desync happened and
+# the start did not.
+START_TASK = "Desync the node under the cluster-wide lease and start the backup run (tool, checksums, verification)"
 FINAL_TASK = "Fail the play"  # the role's last word on a failed run ("... now that the node is back")
 
 
@@ -229,8 +230,9 @@ def outcome(rc: int | None, output: str, killed: bool) -> dict:
     """What a run did: ``kind`` published / refused / failed / killed, its ``reason`` (short) and ``message``."""
     published = PUBLISHED.findall(output)
     failed = failures(output)
-    desynced = any(status == "changed" for status, _host in task_results(output, DESYNC_TASK))
     started = [host for status, host in task_results(output, START_TASK) if status == "changed"]
+    desynced = bool(started) or any(task == START_TASK and (result.get("desync") or {}).get("changed")
+                                    for task, _host, result in failed)
     message = ""
     for task, _host, result in failed:
         message = " ".join(str(result.get("msg") or "").split())

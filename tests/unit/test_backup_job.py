@@ -222,3 +222,85 @@ def test_lower_priority_only_lowers_and_children_inherit_it():
     out = subprocess.run([sys.executable, "-c", code, *sys.path], capture_output=True, text=True, check=True).stdout.split()
     before, same, after, child = (int(x) for x in out)
     assert same == before and after == min(before + 3, 19) and child == after
+
+
+# ---------------------------------------------------------------------------------------------
+# start with the desync (the role's one call): the desync comes after the step's checks and before
+# anything is created; a failure after it carries its result, so the caller resyncs.
+
+DESYNCED = dict(changed=True, desynced=True, watchdog=dict(state_file="/run/watchdog/state.json"))
+
+
+class FakeRunner:
+    made = []
+
+    def __init__(self, run, s, login, key, key_file, cnf, watchdog_state):
+        self.run, self.watchdog_state = run, watchdog_state
+        FakeRunner.made.append(self)
+
+    def main(self):  # never called: spawn_detached is replaced too
+        raise AssertionError
+
+
+@pytest.fixture
+def startable(run, monkeypatch):
+    os.rmdir(run["run_dir"])  # start creates it
+    FakeRunner.made = []
+    monkeypatch.setattr(_backup_job._backup_runner, "Runner", FakeRunner)
+
+    def spawn(child, setup=None):
+        setup()
+        state(run, process=_proc.identity())
+        return 4242
+
+    monkeypatch.setattr(_backup_job._proc, "spawn_detached", spawn)
+    return run
+
+
+def test_start_desyncs_after_its_checks_and_before_creating_anything(startable):
+    seen = []
+
+    def desync(pid_file):
+        seen.append((pid_file, os.path.exists(startable["run_dir"]), os.path.exists(startable["partial"])))
+        return dict(DESYNCED)
+
+    out = _backup_job.start(params(startable), desync)
+    assert seen == [(startable["pid_file"], False, False)]
+    assert out["desync"] == DESYNCED and out["pid"] == 4242 and os.path.isdir(startable["partial"])
+    assert FakeRunner.made[0].watchdog_state == "/run/watchdog/state.json"
+
+
+def test_start_refused_by_its_checks_never_desyncs(startable):
+    os.chmod(startable["dir"], 0o777)  # world-writable: refused
+
+    def desync(pid_file):
+        raise AssertionError("desynced although the step refused")
+
+    with pytest.raises(GaleraError, match="writable"):
+        _backup_job.start(params(startable), desync)
+
+
+def test_a_refused_desync_creates_nothing(startable):
+    def desync(pid_file):
+        raise GaleraError("another desync holds the cluster-wide lease. Nothing was changed.")
+
+    with pytest.raises(GaleraError, match="another desync") as raised:
+        _backup_job.start(params(startable), desync)
+    assert "desync" not in raised.value.details
+    assert not os.path.exists(startable["run_dir"]) and not os.path.exists(startable["partial"])
+
+
+@pytest.mark.parametrize("where", ["option file", "spawn"])
+def test_a_start_that_fails_after_the_desync_says_the_node_is_desynced(startable, monkeypatch, where):
+    if where == "option file":
+        def full(path, text):
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(_backup_job._tools, "write_private", full)
+    else:
+        def no_fork(child, setup=None):
+            raise OSError(11, "Resource temporarily unavailable")
+        monkeypatch.setattr(_backup_job._proc, "spawn_detached", no_fork)
+    with pytest.raises(GaleraError, match="cannot start the backup run") as raised:
+        _backup_job.start(params(startable), lambda pid_file: dict(DESYNCED))
+    assert raised.value.details["desync"] == DESYNCED
+    assert not os.path.exists(startable["run_dir"]) and not os.path.exists(startable["partial"])

@@ -627,3 +627,22 @@ def test_desync_and_the_finish_steps_resync_refuse_an_owner_the_lease_cannot_hol
                                                   resync_options={"owner": owner}))
     assert finish["failed"] and finish["msg"] == ("resync_options: owner must be a non-empty string of at most "
                                                   "255 characters. Nothing was changed.")
+    start = run_module("galera_backup_job", dict(login, step="start", run={}, backup={"dir": str(tmp_path)},
+                                                 desync_options={"owner": owner}))
+    assert start["failed"] and start["msg"] == ("desync_options: owner must be a non-empty string of at most "
+                                                "255 characters. Nothing was changed.")
+
+
+@pytest.mark.parametrize("options, problem", [
+    (dict(lease_ttl=0), "lease_ttl must be at least 1 second, got 0"),
+    (dict(drain_timeout=-1), "these options must not be negative: drain_timeout=-1"),
+    (dict(watchdog_min_free_fraction=1.5), "watchdog_min_free_fraction is a fraction of the filesystem, from 0 to 1"),
+    (dict(poll_interval=0), "poll_interval must be positive, got 0.0"),
+])
+def test_the_desync_of_the_start_step_refuses_what_galera_desync_refuses(tmp_path, options, problem):
+    login = {"login_unix_socket": str(tmp_path / "no.sock")}
+    desync = run_module("galera_desync", dict(login, state="desynced", owner="o", **options))
+    start = run_module("galera_backup_job", dict(login, step="start", run={}, backup={"dir": str(tmp_path)},
+                                                 desync_options=dict(owner="o", **options)))
+    assert desync["failed"] and problem in desync["msg"] and desync["msg"].endswith("Nothing was changed.")
+    assert start["failed"] and start["msg"] == "desync_options: " + desync["msg"]

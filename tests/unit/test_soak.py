@@ -244,9 +244,8 @@ def test_a_secret_is_found_wherever_it_is_and_only_there():
 # A run's outcome, from ansible-playbook's output (excerpts of real soak outputs)
 
 ROLE = "TASK [dbtools.galera.galera_backup : {}] ***\n"
-PUBLISHED_RUN = (ROLE.format("Desync the node under the cluster-wide lease") + "changed: [galera-node2]\n\n"
-                 + ROLE.format("Start the backup run (tool, checksums, verification) as a process of its own")
-                 + "changed: [galera-node2]\n\n" + ROLE.format("Report the backup") + 'ok: [galera-node2] => {\n'
+START = "Desync the node under the cluster-wide lease and start the backup run (tool, checksums, verification)"
+PUBLISHED_RUN = (ROLE.format(START) + "changed: [galera-node2]\n\n" + ROLE.format("Report the backup") + 'ok: [galera-node2] => {\n'
                  '    "msg": "Backup dbtools_galera-node2_20261202T022026Z-7e51cc73 (full, mysqldump, 8.12 MB, verified: '
                  'checksum) at 59970d73:2283; 2.2 s in the tool"\n}\n\n'
                  + ROLE.format("Fail the play now that the node is back") + "skipping: [galera-node2]\n")
@@ -255,14 +254,14 @@ REFUSED_RUN = (ROLE.format("Refuse a backup the cluster or the settings are not 
                'enough for a backup; nothing was changed. Expected 3 Synced members of one Primary cluster: galera-node3 '
                'has wsrep_desync=ON (desynced by someone else)"\n}\n'
                + 'fatal: [galera-node2]: FAILED! => {"changed": false, "msg": "The cluster is not healthy enough"}\n')
-LOST_RACE = (ROLE.format("Desync the node under the cluster-wide lease")
+LOST_RACE = (ROLE.format(START)
              + 'fatal: [galera-node3]: FAILED! => {"changed": false, "msg": "another desync holds the cluster-wide '
              'lease: node galera-node2 desynced by owner \'soak-1-004-a\'. Nothing was changed."}\n\n'
              + ROLE.format("Fail the play now that the node is back")
              + 'fatal: [galera-node3]: FAILED! => {"changed": false, "msg": "The backup of galera-node3 failed at '
-             '\\"Desync the node under the cluster-wide lease\\": another desync holds the cluster-wide lease: node '
+             f'\\"{START}\\": another desync holds the cluster-wide lease: node '
              'galera-node2. The node was resynced"}\n')
-FAILED_RUN = (ROLE.format("Desync the node under the cluster-wide lease") + "changed: [galera-node3]\n"
+FAILED_RUN = (ROLE.format(START) + "changed: [galera-node3]\n"
               + ROLE.format("Wait for the backup run (the watchdog renews the lease while it runs)")
               + 'fatal: [galera-node3]: FAILED! => {"changed": false, "msg": "the backup runner (pid 77) ended without a '
               'result (killed?) during \'running mariabackup\'"}\n'
@@ -270,12 +269,22 @@ FAILED_RUN = (ROLE.format("Desync the node under the cluster-wide lease") + "cha
               + 'fatal: [galera-node3 -> localhost]: FAILED! => {"changed": false, "msg": "The backup of galera-node3 '
               'failed at \\"Wait for the backup run\\": the backup runner (pid 77) ended without a result (killed?)."}\n')
 
+# The desync happened, the start did not: the step's failed result says so (desync.changed).
+START_FAILED = (ROLE.format(START)
+                + 'fatal: [galera-node3]: FAILED! => {"changed": false, "desync": {"changed": true, "desynced": true}, '
+                '"msg": "cannot start the backup run on this node: [Errno 28] No space left on device. The node is '
+                'desynced: the role resyncs it; nothing was backed up."}\n'
+                + ROLE.format("Fail the play now that the node is back")
+                + 'fatal: [galera-node3]: FAILED! => {"changed": false, "msg": "The backup of galera-node3 failed: '
+                'No space left on device."}\n')
+
 
 @pytest.mark.parametrize("rc, output, killed, kind, reason", [
     (0, PUBLISHED_RUN, False, "published", ""),
     (2, REFUSED_RUN, False, "refused", "a member is desynced by someone else"),
     (2, LOST_RACE, False, "refused", "the lease is held by another run"),
     (2, FAILED_RUN, False, "failed", "the runner ended without a result"),
+    (2, START_FAILED, False, "failed", "the backup directory is full"),
     (-9, FAILED_RUN[:200], True, "killed", "controller killed after the desync"),
     (-9, "PLAY [Back up]\n", True, "killed", "controller killed"),
     (0, ROLE.format("Report the choice") + "ok: [galera-node1]\n", False, "anomaly",
