@@ -9,17 +9,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from ansible_collections.dbtools.galera.plugins.module_utils import _manifest, _proc, _stores
 
+import module_helpers  # pylint: disable=import-error
 from stores_helpers import UUID, OTHER_UUID, make_backup, sums_of  # pylint: disable=import-error
 
-COLLECTIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                           ".build", "collections")
 
 
 def test_parse_sums_accepts_sha256sum_output_and_rejects_escapes():
@@ -89,17 +87,7 @@ def test_compare_names_damaged_missing_and_extra_files(tmp_path):
 # The module, with a local destination
 
 def run_module(args, check=False):
-    args = dict(args)
-    if check:
-        args["_ansible_check_mode"] = True
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    proc = subprocess.run([sys.executable, "-m", "ansible_collections.dbtools.galera.plugins.modules.galera_backup_copy"],
-                          input=json.dumps({"ANSIBLE_MODULE_ARGS": args}), capture_output=True, text=True,
-                          env=env, timeout=120, check=False)
-    try:
-        return json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(f"no JSON from the module: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+    return module_helpers.run_module("galera_backup_copy", args, check=check)
 
 
 def stamp(days_ago):

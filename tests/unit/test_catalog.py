@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from ansible_collections.dbtools.galera.plugins.module_utils import _catalog
 
-# The collections path conftest.py sets up: the modules run in a subprocess need it too.
-COLLECTIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                           ".build", "collections")
+from module_helpers import run_module  # pylint: disable=import-error
+
 NOW = datetime(2026, 11, 25, 5, 0, 0, tzinfo=timezone.utc)
 
 
@@ -487,22 +484,6 @@ def test_human_bytes_and_age():
 
 # --------------------------------------------------------------------------------------------
 # The modules, through their real entry point
-
-def run_module(name, args, check=False, diff=False):
-    args = dict(args)
-    if check:
-        args["_ansible_check_mode"] = True
-    if diff:
-        args["_ansible_diff"] = True
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    proc = subprocess.run([sys.executable, "-m", f"ansible_collections.dbtools.galera.plugins.modules.{name}"],
-                          input=json.dumps({"ANSIBLE_MODULE_ARGS": args}), capture_output=True, text=True,
-                          env=env, timeout=120, check=False)
-    try:
-        return json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(f"no JSON from {name}: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
-
 
 def test_info_module_reads_and_fails_on_request(tmp_path):
     now = datetime.now(timezone.utc)

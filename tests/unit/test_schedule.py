@@ -18,12 +18,11 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 
 import pytest
 
-from conftest import COLLECTIONS
+import module_helpers  # pylint: disable=import-error
 from ansible_collections.dbtools.galera.plugins.module_utils import _schedule
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 from ansible_collections.dbtools.galera.plugins.module_utils._stores import CommandRunner
@@ -569,11 +568,6 @@ def test_a_wrong_mode_is_repaired(tmp_path):
 # The module through its entry point (a fake systemctl first on PATH, so a host where systemd runs is safe)
 
 def run_module(args, tmp_path, check=False, diff=False):
-    args = dict(args)
-    if check:
-        args["_ansible_check_mode"] = True
-    if diff:
-        args["_ansible_diff"] = True
     fake = tmp_path / "fakebin"
     if not fake.exists():
         fake.mkdir()
@@ -581,14 +575,8 @@ def run_module(args, tmp_path, check=False, diff=False):
                                         "case \"$1\" in is-enabled|is-active) exit 1;; esac\nexit 0\n",
                                         encoding="utf-8")
         (fake / "systemctl").chmod(0o755)
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS, PATH=f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}")
-    proc = subprocess.run([sys.executable, "-m", "ansible_collections.dbtools.galera.plugins.modules.galera_schedule"],
-                          input=json.dumps({"ANSIBLE_MODULE_ARGS": args}), capture_output=True, text=True,
-                          env=env, timeout=120, check=False)
-    try:
-        return json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(f"no JSON: {proc.stdout[-2000:]} {proc.stderr[-2000:]}") from None
+    return module_helpers.run_module("galera_schedule", args, check=check, diff=diff,
+                                     env={"PATH": f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
 
 
 def warnings(result) -> list:
