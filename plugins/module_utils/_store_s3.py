@@ -66,16 +66,25 @@ from ansible.module_utils.basic import missing_required_lib
 from ansible_collections.dbtools.galera.plugins.module_utils import _stores
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
-try:
-    import boto3
-    import botocore.exceptions
-    from boto3.s3.transfer import TransferConfig
-    from botocore.config import Config as BotoConfig
-except ImportError:
-    boto3 = None
-    BOTO3_IMPORT_ERROR = traceback.format_exc()
-else:
-    BOTO3_IMPORT_ERROR = None
+# boto3 is imported when the first S3 store is set up: most runs use no S3 store, and importing it takes
+# longer than the rest of a module's start (a start on a Synced node under load makes it lag).
+boto3 = botocore = TransferConfig = BotoConfig = None  # pylint: disable=invalid-name
+
+
+def _import_boto3() -> str | None:
+    """Import boto3 and botocore into this module's globals; the traceback when they are missing."""
+    global boto3, botocore, TransferConfig, BotoConfig  # pylint: disable=global-statement,invalid-name
+    if boto3 is not None:
+        return None
+    try:
+        import boto3 as _boto3  # pylint: disable=import-outside-toplevel
+        import botocore.exceptions  # pylint: disable=import-outside-toplevel,redefined-outer-name
+        from boto3.s3.transfer import TransferConfig as _TransferConfig  # pylint: disable=import-outside-toplevel
+        from botocore.config import Config as _BotoConfig  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return traceback.format_exc()
+    boto3, TransferConfig, BotoConfig = _boto3, _TransferConfig, _BotoConfig
+    return None
 
 MANIFEST, RUN_RECORD, UNTOUCHED = _stores.MANIFEST, _stores.RUN_RECORD, _stores.UNTOUCHED
 MULTIPART = 16 * 1024 * 1024
@@ -262,8 +271,9 @@ class S3Store(_stores.Store):
     stream_part_size = MULTIPART
 
     def __init__(self, opts: dict):
-        if boto3 is None:
-            raise GaleraError(missing_required_lib("boto3"), exception=BOTO3_IMPORT_ERROR)
+        missing = _import_boto3()
+        if missing:
+            raise GaleraError(missing_required_lib("boto3"), exception=missing)
         self.bucket = opts.get("bucket")
         prefix = opts.get("prefix") or ""
         if prefix and not prefix.endswith("/"):

@@ -315,6 +315,7 @@ def arm_figures(arm: str, samples: list[Sample], marks: dict, baseline_window: f
     tool_seconds = marks["tool_end"] - marks["tool_start"]
     wall = marks["synced"] - t0
     play = between(samples, t0, max(marks["end"], synced_at))
+    timeline = marks.get("timeline")
     return {
         "arm": arm,
         "title": ARM_TITLES[arm],
@@ -337,6 +338,9 @@ def arm_figures(arm: str, samples: list[Sample], marks: dict, baseline_window: f
         "module_round_trips": marks.get("round_trips"),
         "task_names_on_backup_node": marks.get("task_names_on_node"),
         "flow_control_by_task": flow_control_by_task(samples, marks),
+        # The role arm: ansible-playbook's own start (to its first task) and end (after its last task).
+        "controller_start_seconds": round(timeline[0][3] - t0, 1) if timeline else None,
+        "controller_end_seconds": round(marks["end"] - max(t[3] for t in timeline), 1) if timeline else None,
     }
 
 
@@ -513,19 +517,56 @@ def print_table(figures: list[dict], adhoc: dict | None) -> None:
         ("backup tool time (s)", "backup_window_seconds"),
         ("wall time, procedure start to end (s)", "wall_seconds"),
         ("overhead: wall time minus tool time (s)", "overhead_seconds"),
+        ("  of which ansible-playbook's start, to its first task (s)", "controller_start_seconds"),
+        ("  of which ansible-playbook's end, after its last task (s)", "controller_end_seconds"),
         ("cluster write rate over the whole run, % of baseline", "tps_whole_run_pct"),
         ("tasks that ran a module on the backup node", "tasks_on_backup_node"),
         ("module round trips, all hosts (retries included)", "module_round_trips"),
         ("baseline tps", "baseline_tps"),
     ]
     width = max(len(r[0]) for r in rows)
+    runs = max(len(f.get("runs") or [None]) for f in figures)
+    cell = 22 if runs > 1 else 12
+
+    def text(f, key):
+        spread = (f.get("spread") or {}).get(key)
+        if spread and spread[0] != spread[1]:
+            return f"{f.get(key)} ({spread[0]}-{spread[1]})"
+        return str(f.get(key))
+
     print()
-    print(" " * width + "".join(f"{f['arm']:>12}" for f in figures))
+    if runs > 1:
+        print(f"median of {runs} runs per arm (lowest-highest)")
+    print(" " * width + "".join(f"{f['arm']:>{cell}}" for f in figures))
     for label, key in rows:
-        print(f"{label:<{width}}" + "".join(f"{str(f[key]):>12}" for f in figures))
+        print(f"{label:<{width}}" + "".join(f"{text(f, key):>{cell}}" for f in figures))
     if adhoc:
         print(f"\nad-hoc call, median of {adhoc['repeats'] * 2}: galera_desync {adhoc['galera_desync_median_seconds']} s, "
               f"community.mysql.mysql_variables {adhoc['mysql_variables_median_seconds']} s, ratio {adhoc['ratio']}")
+
+
+def combine(rows: list[dict]) -> dict:
+    """One arm's figures over several runs: the median of each number, ``spread`` (lowest, highest), the runs
+    themselves in ``runs``, and the per-task flow control of the run whose overhead is the median."""
+    if len(rows) == 1:
+        return rows[0]
+    out = dict(rows[0], runs=rows, spread={})
+    for key, value in rows[0].items():
+        values = [r.get(key) for r in rows]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and None not in values:
+            middle = statistics.median(values)
+            out[key] = round(middle, 3) if isinstance(middle, float) else middle
+            out["spread"][key] = [min(values), max(values)]
+    typical = representative(rows)
+    out["flow_control_by_task"] = typical.get("flow_control_by_task")
+    out["representative_run"] = rows.index(typical)
+    return out
+
+
+def representative(rows: list[dict]) -> dict:
+    """The run whose overhead is the median (the lower middle one of an even count)."""
+    ordered = sorted(rows, key=lambda r: r.get("overhead_seconds") or 0)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def prepare_data() -> None:
@@ -551,6 +592,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--baseline", type=float, default=10)
     parser.add_argument("--tail", type=float, default=5)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per arm, alternating between the arms; the table gives each figure's median and "
+                             "range, the plot the run with the median overhead")
     parser.add_argument("--adhoc-repeats", type=int, default=5, help="0 skips the ad-hoc timing")
     parser.add_argument("--no-probe", dest="probe", action="store_false",
                         help="skip the probe of what one process start in the backup node costs in flow control")
@@ -560,6 +604,8 @@ def main() -> int:
                              "the flow control the role causes, docs/benchmark.md); 0 runs it like the nodes")
     args = parser.parse_args()
     CONTROLLER_NICE[0] = args.controller_nice
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     arms = [a for a in args.arms.split(",") if a]
     unknown = set(arms) - set(ARMS)
     if unknown:
@@ -568,10 +614,18 @@ def main() -> int:
         parser.error("the applier freeze uses ptrace on the node's mariadbd from the host: run as root")
     os.makedirs(args.out, exist_ok=True)
     prepare_data()
+    by_arm: dict = {arm: [] for arm in arms}
+    # Runs of the arms alternate, so a slow spell of the machine weighs on each arm alike.
+    for round_no in range(args.repeat):
+        for arm in arms:
+            if args.repeat > 1:
+                log(f"round {round_no + 1} of {args.repeat}")
+            by_arm[arm].append(run_arm(arm, args))
     figures, series = [], {}
     for arm in arms:
-        fig_row, samples, marks = run_arm(arm, args)
-        figures.append(fig_row)
+        rows = [fig_row for fig_row, _samples, _marks in by_arm[arm]]
+        figures.append(combine(rows))
+        _fig, samples, marks = by_arm[arm][rows.index(representative(rows))]
         series[arm] = (samples, marks)
     adhoc = time_adhoc(args.adhoc_repeats) if args.adhoc_repeats else None
     probe = probe_process_starts(args) if args.probe else None
@@ -586,7 +640,8 @@ def main() -> int:
                                               "WHERE VARIABLE_NAME = 'WSREP_PROVIDER_VERSION'))")}
     with open(os.path.join(args.out, "bench.json"), "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2)
-    plot(series, figures, os.path.join(args.out, "bench.png"))
+    plot(series, [f["runs"][f["representative_run"]] if "runs" in f else f for f in figures],
+         os.path.join(args.out, "bench.png"))
     print_table(figures, adhoc)
     if probe:
         print(f"\n{probe['starts']} Python process starts in {BACKUP_NODE} ({probe['seconds_per_start']} s each), "
