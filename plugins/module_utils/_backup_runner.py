@@ -288,6 +288,19 @@ class Runner:
         if self.stopping:
             raise Stopped(self.stopping)
 
+    def failure_text(self, exc) -> str:
+        """The run's error. A tool that failed because the run was told to stop, or after the watchdog's guard
+        ended the desync (the tool may fail on its own before the watchdog's SIGTERM arrives: a tool paused past
+        the server's connect_timeout loses its login), reports that cause first."""
+        text = exc.msg if isinstance(exc, GaleraError) else str(exc)
+        if not isinstance(exc, GaleraError):
+            return text
+        cause = self.stopping
+        if not cause:
+            reason = self._watchdog_reason()
+            cause = f"the watchdog ended the desync: {reason}" if reason and reason not in text else None
+        return f"{cause} ({text[:300]})" if cause else text
+
     def _watchdog_reason(self) -> str:
         try:
             state = _manifest.read_json(self.watchdog_state) if self.watchdog_state else {}
@@ -322,12 +335,8 @@ class Runner:
             out = self.backup()
             self.save(done=True, result="ok", step="done", out=out, bytes=out["checksum"]["bytes"])
         except (GaleraError, Stopped) as exc:
-            text = exc.msg if isinstance(exc, GaleraError) else str(exc)
-            if self.stopping and isinstance(exc, GaleraError):
-                # The tools were killed because the run was told to stop: that is the cause to report.
-                text = f"{self.stopping} ({text[:300]})"
             self.abort_stream()
-            self.save(done=True, result="failed", error=f"{self.state['step']}: {text}")
+            self.save(done=True, result="failed", error=f"{self.state['step']}: {self.failure_text(exc)}")
         except BaseException as exc:  # a bug: keep the traceback where the operator finds it
             self.abort_stream()
             self.save(done=True, result="failed",

@@ -181,3 +181,25 @@ def test_a_dead_runs_directory_is_swept_by_the_next_runs_start(tmp_path):
     assert os.path.isdir(dead["run_dir"])  # another cluster's run (same name, other state uuid) is left alone
     swept = _backup_job.sweep(dict(new, cluster=cluster, run_base=str(base)), dict(backup=dict(lease_ttl=30)))
     assert swept["run_dirs"] == [dead["run_dir"]] and not os.path.exists(dead["run_dir"])
+
+
+def test_a_tool_that_fails_after_the_watchdogs_guard_reports_the_guard_first(tmp_path):
+    """CI (faults, test_gcache_space): the watchdog's free-space guard tripped while mariabackup was paused in its
+    login; resumed, the tool failed ("Lost connection") before the watchdog's SIGTERM reached the runner, and the
+    run reported only the tool's error, not the guard that ended the desync."""
+    import json  # noqa: PLC0415
+
+    state = tmp_path / "watchdog.json"
+    run = dict(run_id="r", id="c_n_x-r", partial=str(tmp_path / "p"), cluster=dict(name="c"))
+    runner = _backup_runner.Runner(run, {}, {}, None, None, "", str(state))
+    tool = GaleraError("mariabackup: nice exited with 1: Lost connection to server at 'sending authentication'")
+    assert runner.failure_text(tool) == tool.msg  # no watchdog state: the tool's error as it is
+    state.write_text(json.dumps(dict(guard="the filesystem of gcache.dir /var/lib/mysql has 30 MiB free")))
+    assert runner.failure_text(tool) == ("the watchdog ended the desync: guard: the filesystem of gcache.dir "
+                                         f"/var/lib/mysql has 30 MiB free ({tool.msg})")
+    # A message that already names the guard (the runner's own check after the tool) is not repeated.
+    own = GaleraError("the watchdog ended the desync during the backup: guard: the filesystem of gcache.dir "
+                      "/var/lib/mysql has 30 MiB free. The node was not protected for the whole run")
+    assert runner.failure_text(own) == own.msg
+    runner.stopping = "the run was stopped (SIGTERM)"
+    assert runner.failure_text(tool) == f"the run was stopped (SIGTERM) ({tool.msg})"
