@@ -599,28 +599,22 @@ def main():
     if p["step"] in ("preflight", "finish"):
         _proc.lower_priority(p["backup"]["nice"])
 
-    def resync():
-        settings = dict(options, lease=True, force=False, max_recv_queue=None, watchdog=False, watchdog_haproxy=[])
-
+    def on_desyncer(settings, state):
         def work(node):
-            out = Desyncer(settings, node, module.check_mode, module.warn).synced()
+            desyncer = Desyncer(dict(settings, lease=True, force=False, max_recv_queue=None), node, module.check_mode,
+                                module.warn)
+            out = desyncer.desynced() if state == "desynced" else desyncer.synced()
             out.pop("diff", None)
             out.pop("lease_before", None)
             return out
 
         return on_node(module, work)
+
+    def resync():
+        return on_desyncer(dict(options, watchdog=False, watchdog_haproxy=[]), "synced")
 
     def desync(pid_file):
-        settings = dict(desync_options, lease=True, force=False, max_recv_queue=None, watchdog=True,
-                        watchdog_hold_pid_file=pid_file)
-
-        def work(node):
-            out = Desyncer(settings, node, module.check_mode, module.warn).desynced()
-            out.pop("diff", None)
-            out.pop("lease_before", None)
-            return out
-
-        return on_node(module, work)
+        return on_desyncer(dict(desync_options, watchdog=True, watchdog_hold_pid_file=pid_file), "desynced")
 
     def work():
         step = p["step"]
