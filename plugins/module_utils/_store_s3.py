@@ -86,6 +86,7 @@ def _import_boto3() -> str | None:
     boto3, TransferConfig, BotoConfig = _boto3, _TransferConfig, _BotoConfig
     return None
 
+
 MANIFEST, RUN_RECORD, UNTOUCHED = _stores.MANIFEST, _stores.RUN_RECORD, _stores.UNTOUCHED
 MULTIPART = 16 * 1024 * 1024
 MAX_PART = 5 * 1024 * 1024 * 1024  # S3's largest part

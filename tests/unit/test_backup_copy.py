@@ -19,7 +19,6 @@ import module_helpers  # pylint: disable=import-error
 from stores_helpers import UUID, OTHER_UUID, make_backup, sums_of  # pylint: disable=import-error
 
 
-
 def test_parse_sums_accepts_sha256sum_output_and_rejects_escapes():
     digest = "a" * 64
     assert _stores.parse_sums(f"{digest}  ./x.zst\n{digest} *./d/y\n") == [("x.zst", digest), ("d/y", digest)]
