@@ -95,10 +95,15 @@ class Sample:
     fc_sent: int
     queue: int
     state: str
+    node_age: float = 0.0  # seconds since the backup node's values were read
 
 
 class Sampler(threading.Thread):
-    """Reads the writer's commit counter and the backup node's queue and flow control."""
+    """Reads the writer's commit counter and the backup node's queue and flow control.
+
+    The two are read by two threads: a status read of the backup node can hang while its applier is frozen
+    (measured: 15 s once, in a manual run), and the writer's commits must still be sampled meanwhile. Each
+    sample carries the newest values read from the backup node (``node_age``: how old they are)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -106,22 +111,40 @@ class Sampler(threading.Thread):
         self._halt = threading.Event()
         self._writer = connect(WRITER)
         self._node = connect(BACKUP_NODE)
+        self._node_reads: list = []  # (time, values); appended by the node thread only
+        self._node_thread = threading.Thread(target=self._read_node, daemon=True)
+
+    def _read_node(self) -> None:
+        while not self._halt.is_set():
+            t = time.monotonic()
+            values = status(self._node, "wsrep_flow_control_sent", "wsrep_local_recv_queue",
+                            "wsrep_local_state_comment")
+            self._node_reads.append((time.monotonic(), values))
+            self._halt.wait(max(0.0, SAMPLE_SECONDS - (time.monotonic() - t)))
 
     def run(self) -> None:
+        self._node_thread.start()
         while not self._halt.is_set():
             t = time.monotonic()
             w = status(self._writer, "wsrep_last_committed", "wsrep_flow_control_paused_ns")
-            n = status(self._node, "wsrep_flow_control_sent", "wsrep_local_recv_queue", "wsrep_local_state_comment")
-            self.samples.append(Sample(t, int(w["wsrep_last_committed"]), int(w["wsrep_flow_control_paused_ns"]),
-                                       int(n["wsrep_flow_control_sent"]), int(n["wsrep_local_recv_queue"]),
-                                       n["wsrep_local_state_comment"]))
+            if self._node_reads:
+                read_at, n = self._node_reads[-1]
+                self.samples.append(Sample(t, int(w["wsrep_last_committed"]), int(w["wsrep_flow_control_paused_ns"]),
+                                           int(n["wsrep_flow_control_sent"]), int(n["wsrep_local_recv_queue"]),
+                                           n["wsrep_local_state_comment"], round(t - read_at, 2)))
             self._halt.wait(max(0.0, SAMPLE_SECONDS - (time.monotonic() - t)))
 
     def stop(self) -> None:
         self._halt.set()
         self.join()
+        self._node_thread.join(timeout=30)
         self._writer.close()
         self._node.close()
+
+    def node_gap(self) -> float:
+        """The longest time the backup node's values were not read anew (s)."""
+        reads = [t for t, _values in self._node_reads]
+        return round(max((b - a for a, b in zip(reads, reads[1:])), default=0.0), 1)
 
 
 class ToolFreezer(threading.Thread):
@@ -432,6 +455,7 @@ def run_arm(arm: str, args) -> tuple[dict, list[Sample], dict]:
     if "FATAL" in load_out:
         raise RuntimeError("sysbench failed:\n" + load_out[-2000:])
     figures = arm_figures(arm, sampler.samples, marks, args.baseline, args.tail)
+    figures["backup_node_read_gap_seconds"] = sampler.node_gap()
     log(f"arm {arm}: {json.dumps(figures)}")
     return figures, sampler.samples, marks
 
@@ -483,9 +507,11 @@ def plot(series: dict, figures: list[dict], path: str) -> None:
         for prev, cur in zip(samples, samples[1:]):
             xs.append(cur.t - t0)
             ys.append((cur.committed - prev.committed) / (cur.t - prev.t))
-        # one-second moving average of the 0.2 s rates, for readability
+        # one-second moving average of the 0.2 s rates, for readability; no line across a gap in the samples
         k = max(1, int(round(1 / SAMPLE_SECONDS)))
         smooth = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1]) for i in range(len(ys))]
+        smooth = [float("nan") if cur.t - prev.t > 1.0 else value
+                  for value, prev, cur in zip(smooth, samples, samples[1:])]
         ax.plot(xs, smooth, color="tab:blue", linewidth=1.2, label="cluster commits/s (writer)")
         ax.axvspan(0, marks["tool_end"] - t0, color="tab:orange", alpha=0.15, label="backup tool running")
         ax.axvspan(0, marks["frozen_seconds"], color="tab:red", alpha=0.12, label="applier frozen")
