@@ -57,15 +57,15 @@ NON_NEGATIVE = ("min_cluster_size", "max_recv_queue", "drain_timeout", "timeout"
 
 
 def option_problem(p: dict) -> str | None:
-    """What is wrong with desync options (OPTIONS, with ``owner``), or None."""
+    """What is wrong with desync options (OPTIONS or a part of them, with ``owner``), or None."""
     negative = [f"{n}={p[n]}" for n in NON_NEGATIVE if p.get(n) is not None and p[n] < 0]
     if negative:
         return "these options must not be negative: " + ", ".join(negative)
-    if p["lease_ttl"] < 1:
+    if "lease_ttl" in p and p["lease_ttl"] < 1:
         return f"lease_ttl must be at least 1 second, got {p['lease_ttl']}"
     if p["poll_interval"] <= 0:
         return f"poll_interval must be positive, got {p['poll_interval']}"
-    if p["watchdog_min_free_fraction"] > 1:
+    if p.get("watchdog_min_free_fraction", 0) > 1:
         return ("watchdog_min_free_fraction is a fraction of the filesystem, from 0 to 1, got "
                 f"{p['watchdog_min_free_fraction']}")
     return _lease.owner_error(p["owner"])

@@ -505,7 +505,7 @@ stream_discarded:
   type: bool
 """
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job, _desync, _lease, _proc, _restore_job
+from ansible_collections.dbtools.galera.plugins.module_utils import _backup_job, _desync, _proc, _restore_job
 from ansible_collections.dbtools.galera.plugins.module_utils._desync import Desyncer
 from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, on_node, run_local
 
@@ -549,14 +549,9 @@ BACKUP_SPEC = dict(
 
 DESYNC_SPEC = dict(owner=dict(type="str", required=True), **_desync.OPTIONS)
 
-RESYNC_SPEC = dict(
-    owner=dict(type="str", required=True),
-    lease_database=dict(type="str", default="dbtools_galera"),
-    drain_timeout=dict(type="int", default=600),
-    timeout=dict(type="int", default=300),
-    poll_interval=dict(type="float", default=0.5),
-    pxc_maint_mode=dict(type="bool", default=False),
-)
+RESYNC_SPEC = dict(owner=dict(type="str", required=True),
+                   **{k: _desync.OPTIONS[k] for k in ("lease_database", "drain_timeout", "timeout", "poll_interval",
+                                                      "pxc_maint_mode")})
 
 
 def main():
@@ -582,17 +577,11 @@ def main():
                      ("step", "wait", ("run",)), ("step", "abort", ("run",)), ("step", "finish", ("run",))],
     )
     p = module.params
-    options = p["resync_options"]
-    if options and (options["drain_timeout"] < 0 or options["timeout"] < 0 or options["poll_interval"] <= 0):
-        module.fail_json(msg="resync_options: drain_timeout and timeout must not be negative and poll_interval must "
-                             "be positive. Nothing was changed.")
-    owner_problem = _lease.owner_error(options["owner"]) if options else None
-    if owner_problem:
-        module.fail_json(msg=f"resync_options: {owner_problem}. Nothing was changed.")
-    desync_options = p["desync_options"]
-    problem = _desync.option_problem(desync_options) if desync_options else None
-    if problem:
-        module.fail_json(msg=f"desync_options: {problem}. Nothing was changed.")
+    options, desync_options = p["resync_options"], p["desync_options"]
+    for name in ("resync_options", "desync_options"):
+        problem = _desync.option_problem(p[name]) if p[name] else None
+        if problem:
+            module.fail_json(msg=f"{name}: {problem}. Nothing was changed.")
 
     # The steps that run while the node is Synced (pre-flight; finish, after the resync) yield the CPU to its
     # server: under load, any CPU its applier loses makes it lag and send flow control.

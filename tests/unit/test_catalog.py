@@ -627,3 +627,15 @@ def test_the_desync_of_the_start_step_refuses_what_galera_desync_refuses(tmp_pat
                                                  desync_options=dict(owner="o", **options)))
     assert desync["failed"] and problem in desync["msg"] and desync["msg"].endswith("Nothing was changed.")
     assert start["failed"] and start["msg"] == "desync_options: " + desync["msg"]
+
+
+@pytest.mark.parametrize("options, problem", [
+    (dict(drain_timeout=-1), "these options must not be negative: drain_timeout=-1"),
+    (dict(timeout=-5), "these options must not be negative: timeout=-5"),
+    (dict(poll_interval=0), "poll_interval must be positive, got 0.0"),
+])
+def test_the_resync_of_the_finish_step_refuses_with_the_same_rule(tmp_path, options, problem):
+    login = {"login_unix_socket": str(tmp_path / "no.sock")}
+    finish = run_module("galera_backup_job", dict(login, step="finish", run={}, backup={"dir": str(tmp_path)},
+                                                  resync_options=dict(owner="o", **options)))
+    assert finish["failed"] and finish["msg"] == f"resync_options: {problem}. Nothing was changed."
