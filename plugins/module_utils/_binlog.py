@@ -216,7 +216,9 @@ def _gtid_list(body: bytes) -> dict:
         if len(chunk) < 16:
             break
         dom, srv, seq = struct.unpack("<IIQ", chunk)
-        entries[dom] = (srv, seq)
+        # One entry per (domain, server): the domain's position is its highest sequence number.
+        if dom not in entries or seq > entries[dom][1]:
+            entries[dom] = (srv, seq)
     return entries
 
 
@@ -564,7 +566,8 @@ def segments_sorted(index: dict) -> list:
     return sorted(index.get("segments") or [], key=lambda s: (int(s["first"]), s.get("kind") != "gap"))
 
 
-def plan_files(files: list, index: dict, node: str, allow_gap: dict | None = None, now: str | None = None) -> dict:
+def plan_files(files: list, index: dict, node: str, allow_gap: dict | None = None, now: str | None = None,
+               unlogged: list | None = None, after: int | None = None) -> dict:
     """The segments a run on ``node`` archives from its scanned closed files (``scan`` results with
     ``after`` = the cursor, in binlog order), continuing the index's cursor (the continuity rule of
     the module's docstring).
@@ -579,11 +582,17 @@ def plan_files(files: list, index: dict, node: str, allow_gap: dict | None = Non
     - when this node's next group after the cursor is not cursor+1: with ``allow_gap`` (the caller
       proved that no node still has cursor+1: ``dict(first, last)`` from ``choose_node``), a gap
       segment is added and archiving goes on after it; otherwise it stops and ``hole`` says where;
+    - with no cursor yet, ``after`` (``unbroken_from``) stands in for it: the archive starts where
+      the node's unbroken history begins (``files`` scanned with that ``after``);
+    - a break that lies in one range of ``unlogged`` (sequence numbers no node binlogged, from
+      ``choose_node``) is no break: the segment holding it lists it (``unlogged``) and goes on;
     - ``through``: the close time of the newest file examined before archiving stopped: every
       write committed before that moment is archived (the archive's lag is measured from it).
     """
     domain = index["domain"]
     last = cursor(index)
+    if last is None and after is not None:
+        last = int(after)
     out = dict(segments=[], gap=None, hole=None, skipped=[], through=None)
 
     def hole(first, upto, info):
@@ -611,6 +620,7 @@ def plan_files(files: list, index: dict, node: str, allow_gap: dict | None = Non
             out["skipped"].append(info["name"])
             out["through"] = info.get("closed_at") or out["through"]
             continue
+        crossed = []
         if last is None:
             start = info["first"] - 1
             first, offset, first_time = info["first"], info["first_offset"], info["first_time"]
@@ -619,21 +629,26 @@ def plan_files(files: list, index: dict, node: str, allow_gap: dict | None = Non
                 first, offset, first_time = info["offset_first"], info["offset"], info["offset_time"]
             else:
                 first, offset, first_time = info["first"], info["first_offset"], info["first_time"]
-            if first > last + 1:
+            if first > last + 1 and within(unlogged, last + 1, first - 1):
+                crossed.append([last + 1, first - 1])
+            elif first > last + 1:
                 last = hole(last + 1, first - 1, info)
                 if last is None:
                     break
             start = last
-        inner = [h for h in info.get("holes") or [] if h[1] > start]
+        inner = [[max(h[0], start + 1), h[1]] for h in info.get("holes") or [] if h[1] > start]
+        crossed += [h for h in inner if within(unlogged, h[0], h[1]) and h not in crossed]
+        inner = [h for h in inner if not within(unlogged, h[0], h[1])]
         if inner:  # a break inside the file: a segment is one unbroken range, so stop before it
-            out["hole"] = dict(first=max(inner[0][0], start + 1), last=inner[0][1], file=info["name"])
+            out["hole"] = dict(first=inner[0][0], last=inner[0][1], file=info["name"])
             break
+        extra = dict(unlogged=crossed) if crossed else {}
         out["segments"].append(dict(
             kind="file", node=node, file=info["name"], start=start, first=first, last=info["last"],
             first_gtid=gtid_text(domain, info.get("server") or 0, first), last_gtid=info["last_gtid"],
             offset=offset, end=info["end"], first_time=first_time, last_time=info["last_time"],
             closed_at=info.get("closed_at"), count=info["last"] - first + 1, others=info.get("others") or {},
-            head_skipped=first != info["first"]))
+            head_skipped=first != info["first"], **extra))
         last = info["last"]
         out["through"] = info.get("closed_at") or out["through"]
     return out
@@ -685,7 +700,7 @@ def check(index: dict, present=None) -> dict:
     expected = index.get("start")
     server = None
     for segment in segments_sorted(index):
-        first, last = int(segment["first"]), int(segment["last"])
+        first, last = segment_begins(segment), int(segment["last"])
         server = server if server is not None else _server_of(segment)
         if expected is not None and first > expected + 1:
             gaps.append(_gap(domain, expected + 1, first - 1, "no segment of the index holds these GTIDs", server))
@@ -701,6 +716,21 @@ def check(index: dict, present=None) -> dict:
             gaps.append(_gap(domain, first, last, f"file {segment.get('name')} is missing", server))
         expected = max(expected if expected is not None else last, last)
     return dict(ok=not gaps, gaps=gaps, missing=missing, first=index.get("start"), last=index.get("last"))
+
+
+def segment_begins(segment: dict) -> int:
+    """The first sequence number a segment accounts for: its ``first``, or the one after its
+    ``start`` when what lies between is unlogged (no node binlogged it: nothing to replay)."""
+    first, start = int(segment["first"]), int(segment["start"])
+    if first > start + 1 and within([dict(first=u[0], last=u[1]) for u in segment.get("unlogged") or []],
+                                    start + 1, first - 1):
+        return start + 1
+    return first
+
+
+def unlogged_of(index: dict) -> list:
+    """Every unlogged range the index's segments crossed, ``[dict(first, last)]`` in order."""
+    return [dict(first=int(u[0]), last=int(u[1])) for s in segments_sorted(index) for u in s.get("unlogged") or []]
 
 
 def _server_of(segment: dict) -> int | None:
@@ -783,6 +813,75 @@ def coverage(files: list) -> list:
     return ranges
 
 
+def history_holes(files: list) -> list:
+    """``[[first, last]]``: the cluster-domain sequence numbers a node's binlog skipped while it
+    was binlogging without a break, from its files' ``scan`` summaries in binlog order: holes
+    between two groups of one file, and between files when the next file's ``Gtid_list`` says the
+    node's state had not moved since the file before (no SST, restore or RESET MASTER between).
+    A hole every node shows at the same place is a sequence number the cluster gave to something
+    no node binlogged (see ``unlogged_ranges``)."""
+    holes, seen = [], None
+    for info in files:
+        first, start = info.get("first"), info.get("start")
+        if first is not None and seen is not None and start == seen and first > seen + 1:
+            holes.append([seen + 1, first - 1])
+        holes.extend([int(h[0]), int(h[1])] for h in info.get("holes") or [])
+        if info.get("last") is not None:
+            seen = info["last"]
+        elif start is not None:
+            seen = start if seen is None or start >= seen else seen
+    return holes
+
+
+def unlogged_ranges(holes: dict, ranges: dict, after: int | None = None) -> list:
+    """The GTID ranges of the cluster domain that no node binlogged: ``[dict(first, last)]``.
+
+    ``holes``: ``{host: history_holes}``, ``ranges``: ``{host: coverage}`` of the healthy, ready
+    nodes. Galera gives a sequence number to every total-order (TOI) statement, also to a DDL
+    that fails or changes nothing (``CREATE TABLE IF NOT EXISTS`` of an existing table), and no
+    node binlogs those (measured on MariaDB 10.11). Such a range has nothing to replay: the archive
+    goes on across it. Only with proof: at least two nodes show exactly this hole while
+    binlogging without a break, and no node's binlog holds any of it. A hole only one node shows
+    (a write with ``sql_log_bin=0`` there, binlogged by the others) stays a break of that node."""
+    seen = {}
+    for host, found in (holes or {}).items():
+        for first, last in found or []:
+            if after is None or last > after:
+                seen.setdefault((int(first), int(last)), set()).add(host)
+    out = []
+    for (first, last), hosts in sorted(seen.items()):
+        held = any(low < last and high >= first for found in (ranges or {}).values() for low, high in found or [])
+        if len(hosts) >= 2 and not held:
+            out.append(dict(first=first, last=last))
+    return out
+
+
+def bridge(ranges: list, unlogged: list) -> list:
+    """``ranges`` (``coverage``) with the breaks that are exactly an unlogged range joined."""
+    spans = {(int(u["first"]), int(u["last"])) for u in unlogged or []}
+    out = []
+    for low, high in ranges or []:
+        if out and (out[-1][1] + 1, low) in spans:
+            out[-1][1] = max(out[-1][1], high)
+        else:
+            out.append([low, high])
+    return out
+
+
+def within(unlogged, first: int, last: int) -> bool:
+    """Whether the sequence numbers ``first``..``last`` all lie in one range of ``unlogged``."""
+    return any(int(u["first"]) <= first and last <= int(u["last"]) for u in unlogged or [])
+
+
+def unbroken_from(files: list, unlogged: list | None = None) -> int | None:
+    """Where a node's unbroken binlog history up to its newest GTID begins (exclusive: the cluster
+    domain's sequence number before it), from its files' ``scan`` summaries; breaks that are
+    exactly an unlogged range do not count. None: no history of the domain. An archive that has
+    no cursor yet starts there: nothing before a break can be continued from this node."""
+    ranges = bridge(coverage(files), unlogged)
+    return ranges[-1][0] if ranges else None
+
+
 def _extend(ranges: list, low: int, high: int) -> None:
     if ranges and low <= ranges[-1][1] and low >= ranges[-1][0]:
         ranges[-1][1] = max(ranges[-1][1], high)
@@ -809,9 +908,13 @@ def choose_node(probes: dict, order=None) -> dict:
     starts nearest after the cursor is chosen and the range between is named (``gap``), to be
     recorded as a gap (never papered over).
 
+    Sequence numbers no node binlogged (``unlogged_ranges``, from the probes' ``holes``) do not
+    break a node's binlogs here, and are passed to the archiver (``unlogged``) for the same reason.
+
     Returns ``dict(ok, node (inventory host), reason, gap=None or dict(first, last), candidates,
-    refused={host: why}, cursor, keep_from)``; ``ok`` False with ``reason`` when no node can
-    archive; ``keep_from`` the oldest backup position any node keeps (for retention)."""
+    refused={host: why}, cursor, keep_from, unlogged=[dict(first, last)])``; ``ok`` False with
+    ``reason`` when no node can archive; ``keep_from`` the oldest backup position any node keeps
+    (for retention)."""
     order = list(order or sorted(probes))
     refused, candidates = {}, []
     state = {}
@@ -836,11 +939,24 @@ def choose_node(probes: dict, order=None) -> dict:
             state = seen
     last = state.get("last")
     out = dict(ok=False, node=None, reason=None, gap=None, candidates=candidates, refused=refused, cursor=last,
-               keep_from=min(floors) if floors else None)
+               keep_from=min(floors) if floors else None, unlogged=[])
     if not candidates:
         out["reason"] = "no node can archive: " + "; ".join(f"{h}: {why}" for h, why in refused.items())
         return out
     ranges = {h: probes[h].get("coverage") or [] for h in candidates}
+    out["unlogged"] = unlogged_ranges({h: probes[h].get("holes") or [] for h in candidates}, ranges, last)
+    ranges = {h: bridge(found, out["unlogged"]) for h, found in ranges.items()}
+    _choose(probes, order, candidates, refused, ranges, state, last, out)
+    if out["unlogged"]:
+        out["reason"] += ("; no node binlogged the sequence numbers " + ", ".join(
+            f"{u['first']}..{u['last']}" for u in out["unlogged"]) + " (a DDL that failed or changed nothing "
+            "takes one): nothing to replay there, the archive goes on across them")
+    return out
+
+
+def _choose(probes: dict, order: list, candidates: list, refused: dict, ranges: dict, state: dict, last,
+            out: dict) -> dict:
+    """``out`` (``choose_node``'s result) with the node and the reason filled in."""
     if last is None:
         # Only the unbroken run of GTIDs that reaches a node's newest counts: history before a break in its binlogs
         # cannot start an archive that has to continue from there (its file holding the break is not archived).
@@ -956,9 +1072,12 @@ def replay_plan(index: dict, start, stop_gtid=None, stop_time=None, present=None
                               f"{index.get('archived_through') or 'nothing'}, not up to {stop_time}: run the archiver, "
                               f"or choose an earlier time. {NOTHING}")
     target = stop if stop is not None else last
+    for skipped in unlogged_of(index):
+        if skipped["first"] <= target <= skipped["last"]:
+            target = skipped["first"] - 1  # nothing was binlogged there: the replay ends at the group before
     chosen, expected = [], begin
     for segment in segments_sorted(index):
-        first, seg_last = int(segment["first"]), int(segment["last"])
+        first, seg_last = segment_begins(segment), int(segment["last"])
         if seg_last <= expected:
             continue
         if first > target:

@@ -459,7 +459,7 @@ class Archiver:
         why = health(self.status, self.variables)
         out = dict(changed=False, probed=True, node=self.node_name, cluster=self.cluster,
                    cluster_uuid=self.cluster_uuid, healthy=why is None, health=why, settings=self.settings,
-                   coverage=[], files=[], archive=None, oldest_backup=None)
+                   coverage=[], holes=[], files=[], archive=None, oldest_backup=None)
         if self.domain is not None and self.settings["enabled"]:
             index = self.catalogue.read()
             if index is not None:
@@ -467,6 +467,7 @@ class Archiver:
                                                             "archived_through", "domain")}
             scans = self.files(None)
             out["coverage"] = _binlog.coverage(scans)
+            out["holes"] = _binlog.history_holes(scans)
             out["files"] = [{k: s.get(k) for k in ("name", "start", "first", "last", "closed", "closed_at", "active")}
                             for s in scans]
         floor = _binlog.backup_floor(_catalog.read_dir(self.directory)["backups"], self.cluster, self.domain or 0)
@@ -493,11 +494,10 @@ class Archiver:
                 raise GaleraError(f"the binlog archive lease is taken: {lease.describe(holder)}. Only one archiver "
                                   f"runs at a time. {NOTHING}", conflict=True, holder=holder)
             index = self.catalogue.read() or _binlog.new_index(self.cluster, self.cluster_uuid, self.domain)
-            planned = _binlog.plan_files([f for f in self.files(_binlog.cursor(index)) if not f["active"]], index,
-                                         self.node_name, self.p.get("gap"), self.now())
+            planned = self.plan_run(index, False)
             result.update(would_archive=[dict(file=s.get("file"), kind=s["kind"], first=s["first"], last=s["last"])
                                          for s in planned["segments"]], hole=planned["hole"], gap=planned["gap"],
-                          lag_seconds=self.lag(index))
+                          unlogged=crossed(planned), lag_seconds=self.lag(index))
             return result
         self.catalogue.ensure()
         holder = lease.read()
@@ -520,9 +520,7 @@ class Archiver:
             self._check_area_index(area, index)
         self.node.query("FLUSH BINARY LOGS")
         result["flushed"] = True
-        files = self.files(_binlog.cursor(index))
-        closed = [f for f in files if not f["active"]]
-        planned = _binlog.plan_files(closed, index, self.node_name, self.p.get("gap"), self.now())
+        closed, planned = self.plan_run(index, True)
         self.local.ensure()
         added = []
         work = tempfile.mkdtemp(prefix=".work-", dir=self.local.path)
@@ -550,7 +548,7 @@ class Archiver:
         result.update(changed=bool(added) or result["flushed"], archived=[
             {k: s.get(k) for k in ("kind", "name", "file", "first", "last", "first_gtid", "last_gtid", "bytes",
                                    "head_skipped", "first_time", "last_time")} for s in added],
-            gap=planned["gap"], hole=planned["hole"], already_archived=planned["skipped"])
+            gap=planned["gap"], hole=planned["hole"], unlogged=crossed(planned), already_archived=planned["skipped"])
         removed = self._retention(new, areas)
         current = self.catalogue.read() or new
         self._publish(current, areas)
@@ -560,6 +558,19 @@ class Archiver:
         result["gaps"] = checked["gaps"]
         result["rpo"] = rpo_line(current, self.lag(current), len(added))
         return result
+
+    def plan_run(self, index: dict, with_files: bool):
+        """What this run archives (``_binlog.plan_files``) from this node's closed files; with no
+        cursor yet, from where its unbroken history begins. ``(closed files, plan)`` with
+        ``with_files``, else the plan."""
+        after = _binlog.cursor(index)
+        start = None
+        if after is None:
+            start = _binlog.unbroken_from([f for f in self.files(None) if not f["active"]], self.p.get("unlogged"))
+        closed = [f for f in self.files(after if after is not None else start) if not f["active"]]
+        planned = _binlog.plan_files(closed, index, self.node_name, self.p.get("gap"), self.now(),
+                                     self.p.get("unlogged"), start)
+        return (closed, planned) if with_files else planned
 
     def _store_segment(self, segment: dict, info: dict, areas: list, key, key_file, work: str) -> dict:
         compress = self.p.get("compress", "zstd") == "zstd"
@@ -813,6 +824,11 @@ def replay_plan_offline(params: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Reports
+
+def crossed(planned: dict) -> list:
+    """The unlogged ranges (``_binlog.unlogged_ranges``) the segments of ``planned`` go across."""
+    return [dict(first=u[0], last=u[1]) for s in planned["segments"] for u in s.get("unlogged") or []]
+
 
 def summary(index: dict) -> dict:
     """The index in a few fields, for results and reports."""

@@ -183,6 +183,25 @@ options:
         GTIDs after the cursor any more, C(first) and C(last) sequence numbers, recorded as a gap of the archive.
         Without it, a node whose binlogs do not continue the cursor stops there and reports the C(hole).
     type: dict
+  unlogged:
+    description:
+      - From the playbook's node choice, the sequence-number ranges (C(first), C(last)) of the cluster domain that no
+        node binlogged, proven by at least two nodes that show the same hole while binlogging without a break and by
+        no node holding any of it. Galera numbers every total-order statement, also a DDL that fails or changes
+        nothing, which no node writes to its binlog. The archive goes on across these ranges (nothing there to
+        replay) and records them in the segment that crosses them; any other hole stays a break.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      first:
+        description: The first sequence number of the range.
+        type: int
+        required: true
+      last:
+        description: The last sequence number of the range.
+        type: int
+        required: true
   keep_from:
     description:
       - The oldest backup position (cluster-domain sequence number) kept on the other nodes (from their probes).
@@ -257,6 +276,17 @@ coverage:
   description: With O(step=probe), the cluster-domain ranges C([after, upto]) this node's binlog files hold unbroken.
   returned: step=probe
   type: list
+holes:
+  description:
+    - With O(step=probe), the cluster-domain ranges C([first, last]) this node's binlog skipped while it binlogged
+      without a break (the node choice compares them across the nodes to find what no node binlogged).
+  returned: step=probe
+  type: list
+unlogged:
+  description: With O(step=archive), the ranges (C(first), C(last)) no node binlogged that this run's segments cross.
+  returned: step=archive
+  type: list
+  elements: dict
 archived:
   description: The segments this run added, each with C(kind), C(name), C(file), C(first), C(last) and GTIDs.
   returned: step=archive
@@ -340,6 +370,8 @@ def main():
             lease_database=dict(type="str", default="dbtools_galera"),
             lease_ttl=dict(type="int", default=600),
             gap=dict(type="dict"),
+            unlogged=dict(type="list", elements="dict", default=[],
+                          options=dict(first=dict(type="int", required=True), last=dict(type="int", required=True))),
             keep_from=dict(type="int"),
             retention=dict(type="bool", default=True),
             metrics_dir=dict(type="path"),

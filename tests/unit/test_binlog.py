@@ -433,6 +433,104 @@ def test_the_first_run_never_starts_on_a_node_whose_binlogs_break_before_the_pre
     assert plan["node"] == "h2" and plan["reason"].endswith("without a break")
 
 
+# ---------------------------------------------------------------------------------------------
+# Sequence numbers no node binlogged (a TOI DDL that failed or changed nothing)
+# CI, pitr scenario: every node's binlog skipped 48612..48613 inside one file; the archive stopped there on every
+# run (0 segments) and the restore found an empty archive.
+
+def test_history_holes_are_inside_files_or_between_files_whose_gtid_list_continues(tmp_path):
+    infos = [_binlog.scan(closed_file(tmp_path / "a", [1, 2, 4], None), 1),      # 3 inside a file
+             _binlog.scan(closed_file(tmp_path / "b", [7, 8], 4), 1),            # 5..6 between files, state at 4
+             _binlog.scan(closed_file(tmp_path / "c", [20, 21], 15), 1)]         # a jump of the state: an SST
+    assert _binlog.history_holes(infos) == [[3, 3], [5, 6]]
+
+
+def test_a_hole_every_node_shows_and_none_holds_is_unlogged():
+    holes = {"h1": [[21, 22]], "h2": [[21, 22]], "h3": []}
+    ranges = {"h1": [[0, 20], [22, 50]], "h2": [[5, 20], [22, 50]], "h3": [[30, 50]]}  # h3: filled by SST after it
+    assert _binlog.unlogged_ranges(holes, ranges) == [dict(first=21, last=22)]
+    assert _binlog.unlogged_ranges(holes, ranges, after=22) == []  # archived past it already
+
+
+@pytest.mark.parametrize("holes, ranges", [
+    # one node only: its own sql_log_bin=0 write (binlogged by nodes that are down now) is not proven unlogged
+    ({"h1": [[21, 22]]}, {"h1": [[0, 20], [22, 50]]}),
+    # another node binlogged 22: the cluster wrote it, a restore needs it
+    ({"h1": [[21, 22]], "h2": [[21, 22]]}, {"h1": [[0, 20], [22, 50]], "h2": [[0, 20], [22, 50]], "h3": [[21, 22]]}),
+    # not the same hole on the two nodes
+    ({"h1": [[21, 22]], "h2": [[21, 21]]}, {"h1": [[0, 20], [22, 50]], "h2": [[0, 20], [21, 50]]}),
+])
+def test_a_hole_without_proof_stays_a_break(holes, ranges):
+    assert _binlog.unlogged_ranges(holes, ranges) == []
+
+
+def holed_probe(node, ranges, holes, last=None, archived_by=None):
+    return dict(probe(node, ranges, last, archived_by), holes=holes)
+
+
+def test_the_choice_goes_on_across_what_no_node_binlogged():
+    probes = {"h1": holed_probe("n1", [[0, 20], [22, 50]], [[21, 22]]),
+              "h2": holed_probe("n2", [[10, 20], [22, 50]], [[21, 22]])}
+    plan = _binlog.choose_node(probes, ["h1", "h2"])
+    assert plan["node"] == "h1" and plan["unlogged"] == [dict(first=21, last=22)] and "21..22" in plan["reason"]
+    plan = _binlog.choose_node({h: dict(p, archive=dict(last=15, node="n9", revision=1)) for h, p in probes.items()},
+                               ["h1", "h2"])
+    assert plan["node"] == "h1" and plan["gap"] is None  # h1 reaches 50 across 21..22
+
+
+def test_the_archive_goes_on_across_an_unlogged_hole_inside_a_file_and_records_it(tmp_path):
+    index = index_with(seg(1, 3))
+    info = _binlog.scan(Writer().gtid_list({1: (1, 3)}).trx(4).trx(7).trx(8).rotate().save(tmp_path / "h"), 1,
+                        after=3)
+    stopped = _binlog.plan_files([info], index, "n1", unlogged=[dict(first=5, last=5)])  # not all of 5..6
+    assert stopped["segments"] == [] and stopped["hole"] == dict(first=5, last=6, file="h")
+    planned = _binlog.plan_files([info], index, "n1", unlogged=[dict(first=5, last=6)])
+    (segment,) = planned["segments"]
+    assert (segment["start"], segment["first"], segment["last"], segment["unlogged"]) == (3, 4, 8, [[5, 6]])
+    new = _binlog.add_segments(index, planned["segments"], "n1", None, "now")
+    assert _binlog.check(new)["ok"] and new["last"] == 8
+
+
+def test_the_archive_goes_on_across_an_unlogged_hole_between_files(tmp_path):
+    index = index_with(seg(1, 3))
+    info = _binlog.scan(closed_file(tmp_path / "b", [6, 7], 3), 1, after=3)  # 4..5 were given, never binlogged
+    assert _binlog.plan_files([info], index, "n1")["hole"] == dict(first=4, last=5, file="b")
+    planned = _binlog.plan_files([info], index, "n1", unlogged=[dict(first=4, last=5)])
+    (segment,) = planned["segments"]
+    assert (segment["start"], segment["first"], segment["unlogged"]) == (3, 6, [[4, 5]])
+    new = _binlog.add_segments(index, planned["segments"], "n1", None, "now")
+    assert _binlog.check(new)["ok"]
+    # the same segment without its record is a hole a restore refuses
+    assert not _binlog.check(dict(new, segments=[seg(1, 3), dict(segment, unlogged=[])]))["ok"]
+
+
+def test_the_first_run_starts_where_the_node_s_unbroken_history_begins(tmp_path):
+    # CI, pitr scenario: the chosen node kept an older file with a hole only it showed (the other nodes' copies of
+    # those GTIDs were purged); the first run began at its oldest file, stopped at the hole and archived nothing.
+    paths = [closed_file(tmp_path / "a", [1, 2, 3], None),
+             Writer().gtid_list({1: (1, 3)}).trx(4).trx(7).trx(8).rotate().save(tmp_path / "b"),
+             closed_file(tmp_path / "c", [9, 10], 8)]
+    infos = [_binlog.scan(p, 1) for p in paths]
+    assert _binlog.unbroken_from(infos) == 6 and _binlog.unbroken_from(infos, [dict(first=5, last=6)]) == 0
+    index = _binlog.new_index("prod", "u", 1)
+    assert _binlog.plan_files(infos, index, "n1")["hole"] == dict(first=5, last=6, file="b")  # from the oldest file
+    planned = _binlog.plan_files([_binlog.scan(p, 1, after=6) for p in paths], index, "n1", after=6)
+    assert planned["skipped"] == ["a"] and planned["hole"] is None
+    assert [(s["start"], s["first"], s["last"], s["head_skipped"]) for s in planned["segments"]] == [
+        (6, 7, 8, True), (8, 9, 10, False)]
+    new = _binlog.add_segments(index, planned["segments"], "n1", None, "now")
+    assert new["start"] == 6 and _binlog.check(new)["ok"]
+
+
+def test_a_replay_goes_across_unlogged_numbers_and_a_stop_inside_them_ends_before(tmp_path):
+    index = archive(timed(1, 10), timed(13, 20, start=10, unlogged=[[11, 12]]))
+    plan = _binlog.replay_plan(index, "1-1-5")
+    assert plan["files"] == [timed(1, 10)["name"], timed(13, 20, start=10)["name"]] and plan["stop"] == 20
+    assert [s["skip_through"] for s in plan["segments"]] == [5, 10]
+    plan = _binlog.replay_plan(index, "1-1-5", stop_gtid="1-1-12")
+    assert plan["stop"] == 10 and plan["files"] == [timed(1, 10)["name"]]
+
+
 def test_the_newest_catalogue_state_any_node_read_wins():
     probes = {"h1": probe("n1", [[0, 50]], 10, "n1", revision=3), "h2": probe("n2", [[0, 50]], 20, "n2", revision=4)}
     plan = _binlog.choose_node(probes, ["h1", "h2"])

@@ -71,6 +71,19 @@ def test_another_node_continued_the_archive_by_gtid_when_the_archiving_node_was_
     assert [s for s in second["result"]["archived"] if s["kind"] == "file"]
 
 
+def test_the_archive_and_the_replay_went_across_the_gtids_no_node_binlogged(results):
+    # The converge ran a DDL that changed nothing before the first run and one that failed before the second: each
+    # took a cluster GTID that no node binlogged. Each run proved it from two nodes or more and went on across it.
+    first, second, _third = results["runs"]
+    for run in (first, second):
+        assert run["plan"]["unlogged"], run["plan"]["reason"]
+        assert run["result"]["unlogged"] and run["result"]["hole"] is None
+        assert "no node binlogged the sequence numbers" in run["plan"]["reason"]
+    crossed = first["result"]["unlogged"] + second["result"]["unlogged"]
+    replay = results["replay"]
+    assert all(replay["plan"]["start"] < u["first"] and u["last"] < replay["last"] for u in crossed)
+
+
 def test_a_second_archiver_was_refused_by_the_lease(results):
     refused = results["second_archiver"]
     assert refused.get("failed_when_result") is False and refused.get("conflict") is True
