@@ -630,17 +630,17 @@ def plan_files(files: list, index: dict, node: str, allow_gap: dict | None = Non
             else:
                 first, offset, first_time = info["first"], info["first_offset"], info["first_time"]
             if first > last + 1 and within(unlogged, last + 1, first - 1):
-                crossed.append([last + 1, first - 1])
+                crossed.append(dict(first=last + 1, last=first - 1))
             elif first > last + 1:
                 last = hole(last + 1, first - 1, info)
                 if last is None:
                     break
             start = last
-        inner = [[max(h[0], start + 1), h[1]] for h in info.get("holes") or [] if h[1] > start]
-        crossed += [h for h in inner if within(unlogged, h[0], h[1]) and h not in crossed]
-        inner = [h for h in inner if not within(unlogged, h[0], h[1])]
+        inner = [dict(first=max(h[0], start + 1), last=h[1]) for h in info.get("holes") or [] if h[1] > start]
+        crossed += [h for h in inner if within(unlogged, h["first"], h["last"]) and h not in crossed]
+        inner = [h for h in inner if not within(unlogged, h["first"], h["last"])]
         if inner:  # a break inside the file: a segment is one unbroken range, so stop before it
-            out["hole"] = dict(first=inner[0][0], last=inner[0][1], file=info["name"])
+            out["hole"] = dict(inner[0], file=info["name"])
             break
         extra = dict(unlogged=crossed) if crossed else {}
         out["segments"].append(dict(
@@ -722,15 +722,15 @@ def segment_begins(segment: dict) -> int:
     """The first sequence number a segment accounts for: its ``first``, or the one after its
     ``start`` when what lies between is unlogged (no node binlogged it: nothing to replay)."""
     first, start = int(segment["first"]), int(segment["start"])
-    if first > start + 1 and within([dict(first=u[0], last=u[1]) for u in segment.get("unlogged") or []],
-                                    start + 1, first - 1):
+    if first > start + 1 and within(segment.get("unlogged"), start + 1, first - 1):
         return start + 1
     return first
 
 
 def unlogged_of(index: dict) -> list:
     """Every unlogged range the index's segments crossed, ``[dict(first, last)]`` in order."""
-    return [dict(first=int(u[0]), last=int(u[1])) for s in segments_sorted(index) for u in s.get("unlogged") or []]
+    return [dict(first=int(u["first"]), last=int(u["last"])) for s in segments_sorted(index)
+            for u in s.get("unlogged") or []]
 
 
 def _server_of(segment: dict) -> int | None:
@@ -955,8 +955,8 @@ def choose_node(probes: dict, order=None) -> dict:
 
 
 def _choose(probes: dict, order: list, candidates: list, refused: dict, ranges: dict, state: dict, last,
-            out: dict) -> dict:
-    """``out`` (``choose_node``'s result) with the node and the reason filled in."""
+            out: dict) -> None:
+    """Fills in ``out`` (``choose_node``'s result): the node, the reason, a gap."""
     if last is None:
         # Only the unbroken run of GTIDs that reaches a node's newest counts: history before a break in its binlogs
         # cannot start an archive that has to continue from there (its file holding the break is not archived).
@@ -964,13 +964,13 @@ def _choose(probes: dict, order: list, candidates: list, refused: dict, ranges: 
             return (ranges[host][-1][0] if ranges[host] else float("inf"), order.index(host))
         out.update(ok=True, node=min(candidates, key=earliest),
                    reason="the archive starts on the node whose binlogs reach furthest back without a break")
-        return out
+        return
     reach = {h: covers(ranges[h], last) for h in candidates}
     previous = _previous_host(probes, order, state.get("node"), refused)
     holding = [h for h in candidates if reach[h] is not None]
     if previous in holding:
         out.update(ok=True, node=previous, reason=f"{previous} archived last and holds the GTIDs after {last}")
-        return out
+        return
     if holding:
         best = max(holding, key=lambda h: (reach[h], -order.index(h)))
         if previous:
@@ -981,7 +981,7 @@ def _choose(probes: dict, order: list, candidates: list, refused: dict, ranges: 
             why = ""
         out.update(ok=True, node=best, reason=f"{why}{best} holds the GTIDs after {last}: it continues (continuity by "
                                               "GTID)")
-        return out
+        return
     starts = {}
     for host in candidates:
         after = [low for low, _high in ranges[host] if low > last]
@@ -990,12 +990,11 @@ def _choose(probes: dict, order: list, candidates: list, refused: dict, ranges: 
     if not starts:
         node = previous if previous in candidates else candidates[0]
         out.update(ok=True, node=node, reason=f"no node holds GTIDs after {last} yet: nothing new to archive")
-        return out
+        return
     best = min(starts, key=lambda h: (starts[h], order.index(h)))
     out.update(ok=True, node=best, gap=dict(first=last + 1, last=starts[best]),
                reason=f"no node holds the GTIDs {last + 1}..{starts[best]} any more (binlogs purged, or nodes filled by "
                       f"SST): recorded as a gap; {best} continues after it")
-    return out
 
 
 def _previous_host(probes: dict, order: list, node, refused: dict):

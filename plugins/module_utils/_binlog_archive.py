@@ -827,7 +827,7 @@ def replay_plan_offline(params: dict) -> dict:
 
 def crossed(planned: dict) -> list:
     """The unlogged ranges (``_binlog.unlogged_ranges``) the segments of ``planned`` go across."""
-    return [dict(first=u[0], last=u[1]) for s in planned["segments"] for u in s.get("unlogged") or []]
+    return [dict(u) for s in planned["segments"] for u in s.get("unlogged") or []]
 
 
 def summary(index: dict) -> dict:

@@ -486,7 +486,7 @@ def test_the_archive_goes_on_across_an_unlogged_hole_inside_a_file_and_records_i
     assert stopped["segments"] == [] and stopped["hole"] == dict(first=5, last=6, file="h")
     planned = _binlog.plan_files([info], index, "n1", unlogged=[dict(first=5, last=6)])
     (segment,) = planned["segments"]
-    assert (segment["start"], segment["first"], segment["last"], segment["unlogged"]) == (3, 4, 8, [[5, 6]])
+    assert (segment["start"], segment["first"], segment["last"], segment["unlogged"]) == (3, 4, 8, [dict(first=5, last=6)])
     new = _binlog.add_segments(index, planned["segments"], "n1", None, "now")
     assert _binlog.check(new)["ok"] and new["last"] == 8
 
@@ -497,7 +497,7 @@ def test_the_archive_goes_on_across_an_unlogged_hole_between_files(tmp_path):
     assert _binlog.plan_files([info], index, "n1")["hole"] == dict(first=4, last=5, file="b")
     planned = _binlog.plan_files([info], index, "n1", unlogged=[dict(first=4, last=5)])
     (segment,) = planned["segments"]
-    assert (segment["start"], segment["first"], segment["unlogged"]) == (3, 6, [[4, 5]])
+    assert (segment["start"], segment["first"], segment["unlogged"]) == (3, 6, [dict(first=4, last=5)])
     new = _binlog.add_segments(index, planned["segments"], "n1", None, "now")
     assert _binlog.check(new)["ok"]
     # the same segment without its record is a hole a restore refuses
@@ -523,7 +523,7 @@ def test_the_first_run_starts_where_the_node_s_unbroken_history_begins(tmp_path)
 
 
 def test_a_replay_goes_across_unlogged_numbers_and_a_stop_inside_them_ends_before(tmp_path):
-    index = archive(timed(1, 10), timed(13, 20, start=10, unlogged=[[11, 12]]))
+    index = archive(timed(1, 10), timed(13, 20, start=10, unlogged=[dict(first=11, last=12)]))
     plan = _binlog.replay_plan(index, "1-1-5")
     assert plan["files"] == [timed(1, 10)["name"], timed(13, 20, start=10)["name"]] and plan["stop"] == 20
     assert [s["skip_through"] for s in plan["segments"]] == [5, 10]
