@@ -210,6 +210,19 @@ def backups_at(facts: dict, hosts: list) -> dict:
     return found
 
 
+def command_errors(facts: dict, needs: dict) -> list:
+    """``needs``: ``{host: [actions]}`` the plan runs there (start, bootstrap, stop); the problems the
+    hosts' inspections report for those commands (``_service.report``: not set, program not found)."""
+    errors = []
+    for host, actions in needs.items():
+        report = (facts.get(host) or {}).get("commands") or {}
+        for action in actions:
+            problem = (report.get(action) or {}).get("problem")
+            if problem:
+                errors.append(f"{host} must {action} its server: {problem}")
+    return errors
+
+
 def source_errors(facts: dict, hosts: list) -> list:
     """Why the source could not be read, per host (an unreachable store, a wrong key file path...)."""
     return [f"{h} could not read the source: {((facts.get(h) or {}).get('source') or {}).get('error')}"
@@ -360,6 +373,8 @@ def plan_cluster(facts: dict, hosts: list, s: dict) -> dict:
             errors.append(f"backup {summary['id']} is not in {s.get('dir')} on {', '.join(lacking)} (it is on "
                           f"{', '.join(holders)}): copy it there, restore from a store (galera_restore_source), or "
                           f"let the joiners take a full SST (galera_restore_joiners=sst)")
+    errors += command_errors(facts, {h: (["stop"] if h in running_hosts else []) + (["bootstrap"] if h == first else
+                                                                                      ["start"]) for h in answered})
     state = "; ".join(describe_node(h, facts.get(h) or {}) for h in hosts)
     if errors:
         message = (f"Refused to restore cluster {cluster or '?'}; {NOTHING} " + " | ".join(errors) + f". Nodes: {state}.")
@@ -431,6 +446,7 @@ def plan_rebuild(facts: dict, hosts: list, target: str, s: dict) -> dict:
                 errors.append(ist["message"] + ". Take a newer backup of another node first "
                               "(galera_rebuild_fresh_backup=true: under the lease and desync of any backup) or allow "
                               "a full SST from a donor (galera_restore_allow_sst=true)")
+    errors += command_errors(facts, {target: ["start"]})
     state = "; ".join(describe_node(h, facts.get(h) or {}) for h in hosts)
     if errors:
         message = f"Refused to rebuild {target}; {NOTHING} " + " | ".join(errors) + f". Nodes: {state}."

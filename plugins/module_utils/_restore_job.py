@@ -241,8 +241,10 @@ def inspect(runner, params: dict) -> dict:
         running = "server process alive" if server["process_alive"] else "server stopped"
     msg = (f"{config['datadir']}: {running}; "
            f"{len(source['backups'])} backup(s) at {source['url'] or source['kind']}")
+    systemd = _service.systemd_running()
     return dict(changed=False, config=config, server=server, datadir=datadir_state(config["datadir"]),
-                systemd=_service.systemd_running(), source=source, host=socket.gethostname(), msg=msg)
+                systemd=systemd, commands=_service.report(given_commands(params), systemd, service_of(params)),
+                source=source, host=socket.gethostname(), msg=msg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,7 +665,7 @@ def swap(runner, params: dict, check_mode: bool) -> dict:
         if not params.get("stop"):
             raise GaleraError(f"the server on this node runs ({server.get('local_state_comment') or 'process alive'}): "
                               f"it is not stopped without a confirmed disaster restore. {NOTHING}")
-        result["stop_command"] = _service.require(commands_of(params), "stop")
+        result["stop_command"] = require_command(params, "stop")
         if not check_mode:
             result["stop"] = _service.run(runner, commands_of(params), "stop")
             result["stopped"] = True
@@ -759,10 +761,21 @@ def unique_aside(datadir: str) -> str:
     return candidate
 
 
+def given_commands(params: dict) -> dict:
+    return dict(start=params.get("start_command"), stop=params.get("stop_command"),
+                bootstrap=params.get("bootstrap_command"))
+
+
+def service_of(params: dict) -> str:
+    return params.get("service") or _service.DEFAULT_UNIT
+
+
 def commands_of(params: dict) -> dict:
-    return _service.commands(dict(start=params.get("start_command"), stop=params.get("stop_command"),
-                                  bootstrap=params.get("bootstrap_command")),
-                             _service.systemd_running(), params.get("service") or _service.DEFAULT_UNIT)
+    return _service.commands(given_commands(params), _service.systemd_running(), service_of(params))
+
+
+def require_command(params: dict, action: str) -> list:
+    return _service.require(commands_of(params), action, _service.systemd_running(), service_of(params))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -779,7 +792,7 @@ def start(runner, params: dict, check_mode: bool) -> dict:
     config = node_config(runner, params)
     action = params.get("action") or "start"
     cmds = commands_of(params)
-    argv = _service.require(cmds, action)
+    argv = require_command(params, action)
     server = server_state(params, config)
     runs = bool(server["reachable"] or server["process_alive"])
     # In check mode the swap before did not stop the server of a confirmed disaster restore: say so, do not refuse.
@@ -829,7 +842,7 @@ def joined(runner, params: dict) -> dict:
     text = read_log(config.get("log_error"), params.get("log_offset"))
     where = config.get("log_error")
     if not text and _service.systemd_running():
-        text = journal(runner, params.get("service") or _service.DEFAULT_UNIT, params.get("started_at"))
+        text = journal(runner, service_of(params), params.get("started_at"))
         where = f"journal of {params.get('service') or _service.DEFAULT_UNIT}"
     verdict = _recovery.how_joined(_recovery.last_start(text), params.get("position"))
     verdict["log"] = where

@@ -10,8 +10,10 @@ Three argv lists: ``start`` (join the cluster), ``bootstrap`` (start a new Prima
 this node) and ``stop``. Given ones are used as they are (several servers per host, plain processes,
 containers: the operator names them). Missing ones default, where systemd runs, to
 ``systemctl start <unit>``, ``galera_new_cluster`` (MariaDB's script that sets ``--wsrep-new-cluster``
-for one start of the unit) and ``systemctl stop <unit>``. Without systemd a missing command is an
-error naming the variable to set: nothing guesses a container or process layout. Commands are argv
+for one start of ``mariadb.service``; only for that unit) and ``systemctl stop <unit>``. Without
+systemd a missing command is an error naming the variable to set: nothing guesses a container or
+process layout. ``report`` says, before anything changes, which command each action would run and
+why it cannot (the restore plan refuses with it). Commands are argv
 lists, never a shell string. Every command must return once the server answers (``systemctl`` does
 for ``Type=notify`` units; the Molecule image's ``galera-node`` waits for ``SELECT 1``) or has stopped.
 """
@@ -28,6 +30,11 @@ ACTIONS = ("start", "bootstrap", "stop")
 VARIABLES = {"start": "galera_restore_start_command", "bootstrap": "galera_restore_bootstrap_command",
              "stop": "galera_restore_stop_command"}
 DEFAULT_UNIT = "mariadb"
+# galera_new_cluster passes --wsrep-new-cluster through an environment file that only mariadb.service reads,
+# then restarts its argument: for an instance unit (mariadb@NAME, several servers per host) it would start that
+# server without the option, or restart mariadb.service, another server.
+BOOTSTRAP_UNITS = ("mariadb", "mariadb.service")
+SEARCH = ("/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin", "/usr/local/bin", "/bin")
 
 
 def systemd_running() -> bool:
@@ -53,38 +60,77 @@ def commands(given: dict, systemd: bool, unit: str = DEFAULT_UNIT) -> dict:
     unit = unit or DEFAULT_UNIT
     if not _paths.printable(unit) or unit.startswith("-") or "/" in unit:
         raise GaleraError(f"galera_restore_service={unit!r} is not a systemd unit name. Nothing was changed.")
-    defaults = {"start": ["systemctl", "start", unit], "bootstrap": ["galera_new_cluster"],
-                "stop": ["systemctl", "stop", unit]} if systemd else {}
+    defaults = {"start": ["systemctl", "start", unit], "stop": ["systemctl", "stop", unit]} if systemd else {}
+    if systemd and unit in BOOTSTRAP_UNITS:
+        defaults["bootstrap"] = ["galera_new_cluster"]
     out = {}
     for action in ACTIONS:
         out[action] = check_argv((given or {}).get(action), action) or defaults.get(action)
     return out
 
 
-def require(cmds: dict, action: str) -> list:
+def missing_text(action: str, systemd: bool, unit: str = DEFAULT_UNIT) -> str:
+    """Why ``action`` has no command, and what to set."""
+    variable = VARIABLES[action]
+    what = ("starts the server as the first node of a new cluster" if action == "bootstrap"
+            else action + "s the server")
+    if systemd and action == "bootstrap":
+        return (f"galera_restore_service is {unit!r} and {variable} is not set: galera_new_cluster bootstraps only "
+                f"MariaDB's mariadb.service (for another unit it would restart mariadb.service, or start {unit} "
+                f"without --wsrep-new-cluster). Set {variable} to the command that {what} (an argv list, e.g. "
+                f"[\"/usr/local/bin/db\", \"bootstrap\"])")
+    return (f"this host has no systemd and {variable} is not set: name the command that {what} (an argv list, "
+            f"e.g. [\"/usr/local/bin/db\", \"{action}\"])")
+
+
+def require(cmds: dict, action: str, systemd: bool = False, unit: str = DEFAULT_UNIT) -> list:
     """The argv of ``action``; GaleraError naming the variable when there is none."""
     argv = cmds.get(action)
     if not argv:
-        raise GaleraError(f"this host has no systemd and {VARIABLES[action]} is not set: name the command that "
-                          f"{'starts the server as the first node of a new cluster' if action == 'bootstrap' else action + 's the server'} "
-                          f"(an argv list, e.g. [\"/usr/local/bin/db\", \"{action}\"]). Nothing was changed.",
-                          variable=VARIABLES[action])
+        raise GaleraError(f"{missing_text(action, systemd, unit)}. Nothing was changed.", variable=VARIABLES[action])
     return argv
+
+
+def locate(program: str) -> str | None:
+    """``program`` found as the shell would (PATH), or in the sbin directories; None when not."""
+    if os.sep in program:
+        return program if os.access(program, os.X_OK) and not os.path.isdir(program) else None
+    found = shutil.which(program)
+    if found:
+        return found
+    for directory in SEARCH:
+        candidate = os.path.join(directory, program)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def report(given: dict, systemd: bool, unit: str = DEFAULT_UNIT) -> dict:
+    """For each action, ``dict(argv, problem)``: the command it would run (its program found on this
+    host) and None, or why it cannot run (not set, not found, a wrong value): read before anything
+    changes, so that a restore refuses instead of failing after the data directories were swapped."""
+    try:
+        cmds = commands(given, systemd, unit)
+    except GaleraError as exc:
+        return {action: dict(argv=None, problem=exc.msg.replace(" Nothing was changed.", "")) for action in ACTIONS}
+    out = {}
+    for action in ACTIONS:
+        argv = cmds.get(action)
+        if not argv:
+            out[action] = dict(argv=None, problem=missing_text(action, systemd, unit or DEFAULT_UNIT))
+        elif locate(argv[0]) is None:
+            out[action] = dict(argv=argv, problem=(f"{argv[0]} ({VARIABLES[action]}"
+                                                   f"{'' if (given or {}).get(action) else ', the default'}) is not an "
+                                                   "executable program on this host (PATH and the sbin directories): "
+                                                   f"install it or set {VARIABLES[action]}"))
+        else:
+            out[action] = dict(argv=argv, problem=None)
+    return out
 
 
 def resolve(argv: list) -> list:
     """``argv`` with its program found on PATH or in the sbin directories (as the shell would)."""
-    program = argv[0]
-    if os.sep in program:
-        return list(argv)
-    found = shutil.which(program)
-    if not found:
-        for directory in ("/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin", "/usr/local/bin", "/bin"):
-            candidate = os.path.join(directory, program)
-            if os.access(candidate, os.X_OK):
-                found = candidate
-                break
-    return [found or program] + list(argv[1:])
+    return [locate(argv[0]) or argv[0]] + list(argv[1:])
 
 
 def run(runner, cmds: dict, action: str) -> dict:

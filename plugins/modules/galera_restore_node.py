@@ -89,7 +89,10 @@ options:
     type: list
     elements: str
   bootstrap_command:
-    description: The command that starts the server as the first node of a new cluster. Default C(galera_new_cluster).
+    description:
+      - The command that starts the server as the first node of a new cluster.
+      - Default C(galera_new_cluster) where systemd runs and O(service) is V(mariadb); required for any other unit
+        (C(galera_new_cluster) bootstraps only C(mariadb.service)) and without systemd.
     type: list
     elements: str
   action:
@@ -153,6 +156,13 @@ config:
   type: dict
 server:
   description: Whether the server answers or its process runs, and its wsrep figures (V(inspect)).
+  returned: when O(step=inspect)
+  type: dict
+commands:
+  description:
+    - For each action (C(start), C(bootstrap), C(stop)) the command it would run (C(argv)) and, when it cannot, why
+      (C(problem)) (V(inspect)). The restore plan refuses a node whose command for what the plan needs there has a
+      problem, before anything changes.
   returned: when O(step=inspect)
   type: dict
 source:

@@ -114,6 +114,45 @@ def test_systemd_defaults_and_given_commands_win():
     assert cmds["start"] == ["galera-node", "start"] and cmds["stop"] == ["systemctl", "stop", "mariadb@db2"]
 
 
+def test_galera_new_cluster_is_the_default_bootstrap_of_mariadb_service_only():
+    # It restarts mariadb.service with --wsrep-new-cluster: for an instance unit it would restart another server.
+    assert _service.commands({}, systemd=True, unit="mariadb.service")["bootstrap"] == ["galera_new_cluster"]
+    cmds = _service.commands({}, systemd=True, unit="mariadb@db2")
+    assert cmds["bootstrap"] is None and cmds["start"] == ["systemctl", "start", "mariadb@db2"]
+    with pytest.raises(GaleraError, match=r"galera_restore_service is 'mariadb@db2' and galera_restore_bootstrap_command "
+                                          r"is not set: galera_new_cluster bootstraps only MariaDB's mariadb.service"):
+        _service.require(cmds, "bootstrap", systemd=True, unit="mariadb@db2")
+
+
+def executable(path):
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_the_report_names_each_command_and_why_it_cannot_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(_service, "SEARCH", ())
+    start = executable(tmp_path / "db-start")
+    executable(tmp_path / "systemctl")
+    hostile = f"/nonexistent/$(touch {tmp_path}/pwned)`id`"
+    report = _service.report(dict(start=[start, "node2"], stop=[hostile]), systemd=False)
+    assert report["start"] == dict(argv=[start, "node2"], problem=None)
+    assert report["stop"]["problem"].startswith(f"{hostile} (galera_restore_stop_command) is not an executable "
+                                                "program on this host")
+    assert "this host has no systemd and galera_restore_bootstrap_command is not set" in report["bootstrap"]["problem"]
+    assert not (tmp_path / "pwned").exists()
+    # With systemd: the defaults, their programs looked up (galera_new_cluster is not installed here).
+    report = _service.report({}, systemd=True)
+    assert report["start"] == dict(argv=["systemctl", "start", "mariadb"], problem=None)
+    assert report["bootstrap"]["problem"] == ("galera_new_cluster (galera_restore_bootstrap_command, the default) is not "
+                                              "an executable program on this host (PATH and the sbin directories): "
+                                              "install it or set galera_restore_bootstrap_command")
+    # A wrong unit name is every action's problem, not an exception: the plan refuses with it.
+    report = _service.report({}, systemd=True, unit="../x")
+    assert all("is not a systemd unit name" in r["problem"] for r in report.values())
+
+
 def test_without_systemd_a_missing_command_names_its_variable():
     cmds = _service.commands(dict(start=["/opt/db/start"]), systemd=False)
     assert _service.require(cmds, "start") == ["/opt/db/start"]
@@ -301,6 +340,31 @@ def test_nodes_of_different_clusters_are_refused():
     assert not plan["ok"] and "configured for different clusters" in plan["message"]
 
 
+def commands_report(**problems):
+    return {a: dict(argv=["x"], problem=problems.get(a)) for a in ("start", "bootstrap", "stop")}
+
+
+def test_a_command_the_plan_needs_and_cannot_run_refuses_before_anything_changes():
+    facts = stopped_cluster()
+    for host in HOSTS:
+        facts[host]["commands"] = commands_report(bootstrap="no bootstrap here")
+    facts["galera-node3"]["commands"] = commands_report(start="galera_restore_start_command is not set")
+    plan = _recovery.plan_cluster(facts, HOSTS, settings())
+    assert not plan["ok"] and plan["needing"] == [] and "Nothing was changed" in plan["message"]
+    # Only what the plan runs: node1 bootstraps (refused), node2 starts (fine), node3 starts (refused).
+    assert plan["errors"] == ["galera-node1 must bootstrap its server: no bootstrap here",
+                              "galera-node3 must start its server: galera_restore_start_command is not set"]
+    facts["galera-node1"]["commands"] = commands_report(start="not needed on the first node")
+    facts["galera-node3"]["commands"] = commands_report()
+    assert _recovery.plan_cluster(facts, HOSTS, settings())["ok"]
+    # A confirmed disaster restore stops the running servers: their stop command is needed too.
+    facts["galera-node2"] = dict(fact(running=True, primary=True, state=4, backups=[summary()]),
+                                 commands=commands_report(stop="galera_restore_stop_command is not set"))
+    plan = _recovery.plan_cluster(facts, HOSTS, settings(confirm="dbtools"))
+    assert not plan["ok"] and plan["stop"] == []
+    assert plan["errors"] == ["galera-node2 must stop its server: galera_restore_stop_command is not set"]
+
+
 def test_a_node_that_could_not_be_inspected_is_refused():
     facts = stopped_cluster()
     facts["galera-node2"] = dict(failed=True, msg="my_print_defaults is not installed here")
@@ -372,6 +436,15 @@ def test_no_rebuild_without_a_synced_primary_member():
         facts[host] = fact()
     plan = _recovery.plan_rebuild(facts, HOSTS, "galera-node3", settings())
     assert not plan["ok"] and "dbtools.galera.restore_cluster" in plan["message"]
+
+
+def test_a_rebuild_target_that_cannot_be_started_is_refused():
+    facts = running_cluster()
+    facts["galera-node3"]["commands"] = commands_report(start="this host has no systemd and galera_restore_start_command "
+                                                              "is not set", bootstrap="not needed for a rebuild")
+    plan = _recovery.plan_rebuild(facts, HOSTS, "galera-node3", settings())
+    assert not plan["ok"] and plan["errors"] == ["galera-node3 must start its server: this host has no systemd and "
+                                                 "galera_restore_start_command is not set"]
 
 
 def test_the_rebuild_target_must_be_a_host_of_the_play():
