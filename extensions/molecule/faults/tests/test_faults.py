@@ -197,8 +197,8 @@ def test_two_runs_at_once_never_desync_two_nodes(request, cluster):
         stop.set()
         thread.join()
         sampler_cluster.close()
-    print(f"\n{len(samples)} samples every 100 ms; desynced nodes seen: max {max(samples)}; "
-          f"return codes: { {n: r[0] for n, r in results.items()} }")
+    codes = {n: r[0] for n, r in results.items()}
+    print(f"\n{len(samples)} samples every 100 ms; desynced nodes seen: max {max(samples)}; return codes: {codes}")
     assert max(samples) == 1, "two nodes were desynced at once"
     winners = [n for n, (rc, _out) in results.items() if rc == 0]
     losers = [n for n, (rc, _out) in results.items() if rc != 0]
