@@ -241,7 +241,7 @@ def inspect(runner, params: dict) -> dict:
         running = "server process alive" if server["process_alive"] else "server stopped"
     msg = (f"{config['datadir']}: {running}; "
            f"{len(source['backups'])} backup(s) at {source['url'] or source['kind']}")
-    systemd = _service.systemd_running()
+    systemd = _proc.systemd_running()
     return dict(changed=False, config=config, server=server, datadir=datadir_state(config["datadir"]),
                 systemd=systemd, commands=_service.report(given_commands(params), systemd, service_of(params)),
                 source=source, host=socket.gethostname(), msg=msg)
@@ -771,11 +771,11 @@ def service_of(params: dict) -> str:
 
 
 def commands_of(params: dict) -> dict:
-    return _service.commands(given_commands(params), _service.systemd_running(), service_of(params))
+    return _service.commands(given_commands(params), _proc.systemd_running(), service_of(params))
 
 
 def require_command(params: dict, action: str) -> list:
-    return _service.require(commands_of(params), action, _service.systemd_running(), service_of(params))
+    return _service.require(commands_of(params), action, _proc.systemd_running(), service_of(params))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -841,7 +841,7 @@ def joined(runner, params: dict) -> dict:
     config = node_config(runner, params)
     text = read_log(config.get("log_error"), params.get("log_offset"))
     where = config.get("log_error")
-    if not text and _service.systemd_running():
+    if not text and _proc.systemd_running():
         text = journal(runner, service_of(params), params.get("started_at"))
         where = f"journal of {params.get('service') or _service.DEFAULT_UNIT}"
     verdict = _recovery.how_joined(_recovery.last_start(text), params.get("position"))

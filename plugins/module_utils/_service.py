@@ -37,11 +37,6 @@ BOOTSTRAP_UNITS = ("mariadb", "mariadb.service")
 SEARCH = ("/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin", "/usr/local/bin", "/bin")
 
 
-def systemd_running() -> bool:
-    """True when systemd is the init system (sd_booted(): /run/systemd/system exists)."""
-    return os.path.isdir("/run/systemd/system")
-
-
 def check_argv(value, action: str) -> list | None:
     """A given command as a list of strings (None when not given); GaleraError for anything else."""
     if value is None or value == []:

@@ -221,7 +221,7 @@ commands:
 
 from ansible_collections.dbtools.galera.plugins.module_utils import _schedule
 from ansible_collections.dbtools.galera.plugins.module_utils._module import build_module, run_local
-from ansible_collections.dbtools.galera.plugins.module_utils._service import systemd_running
+from ansible_collections.dbtools.galera.plugins.module_utils._proc import systemd_running
 
 
 def main():
