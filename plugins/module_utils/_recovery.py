@@ -373,8 +373,9 @@ def plan_cluster(facts: dict, hosts: list, s: dict) -> dict:
             errors.append(f"backup {summary['id']} is not in {s.get('dir')} on {', '.join(lacking)} (it is on "
                           f"{', '.join(holders)}): copy it there, restore from a store (galera_restore_source), or "
                           f"let the joiners take a full SST (galera_restore_joiners=sst)")
-    errors += command_errors(facts, {h: (["stop"] if h in running_hosts else []) + (["bootstrap"] if h == first else
-                                                                                      ["start"]) for h in answered})
+    needs = {h: (["stop"] if h in running_hosts else []) + (["bootstrap"] if h == first else ["start"])
+             for h in answered}
+    errors += command_errors(facts, needs)
     state = "; ".join(describe_node(h, facts.get(h) or {}) for h in hosts)
     if errors:
         message = (f"Refused to restore cluster {cluster or '?'}; {NOTHING} " + " | ".join(errors) + f". Nodes: {state}.")
