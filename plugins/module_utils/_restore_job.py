@@ -843,7 +843,7 @@ def joined(runner, params: dict) -> dict:
     where = config.get("log_error")
     if not text and _proc.systemd_running():
         text = journal(runner, service_of(params), params.get("started_at"))
-        where = f"journal of {params.get('service') or _service.DEFAULT_UNIT}"
+        where = f"journal of {service_of(params)}"
     verdict = _recovery.how_joined(_recovery.last_start(text), params.get("position"))
     verdict["log"] = where
     if params.get("started_at"):

@@ -12,10 +12,10 @@ containers: the operator names them). Missing ones default, where systemd runs, 
 ``systemctl start <unit>``, ``galera_new_cluster`` (MariaDB's script that sets ``--wsrep-new-cluster``
 for one start of ``mariadb.service``; only for that unit) and ``systemctl stop <unit>``. Without
 systemd a missing command is an error naming the variable to set: nothing guesses a container or
-process layout. ``report`` says, before anything changes, which command each action would run and
-why it cannot (the restore plan refuses with it). Commands are argv
-lists, never a shell string. Every command must return once the server answers (``systemctl`` does
-for ``Type=notify`` units; the Molecule image's ``galera-node`` waits for ``SELECT 1``) or has stopped.
+process layout. ``report`` says, before anything changes, which command each action would run or why
+it cannot (the restore plan refuses with it). Commands are argv lists, never a shell string. Every
+command must return once the server answers (``systemctl`` does for ``Type=notify`` units; the
+Molecule image's ``galera-node`` waits for ``SELECT 1``) or has stopped.
 """
 
 from __future__ import annotations
