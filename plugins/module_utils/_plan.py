@@ -17,11 +17,22 @@ from __future__ import annotations
 import socket
 from datetime import datetime, timezone
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _catalog, _paths, _tools
+from ansible_collections.dbtools.galera.plugins.module_utils import _catalog, _paths, _tools, _typed
 from ansible_collections.dbtools.galera.plugins.module_utils._errors import GaleraError
 
 NOTHING = "Nothing was changed."
 PREFIX = "galera_backup_"
+
+
+INTS = ("compress_level", "threads", "max_incrementals", "verify_sample", "throttle", "nice", "ionice_level",
+        "max_duration", "min_free_bytes", "lease_ttl", "partial_margin", "retention", "keep_max_age", "drain_timeout",
+        "sync_timeout", "progress_interval", "max_recv_queue", "min_cluster_size")
+FLOATS = ("free_space_factor", "min_free_fraction", "sample_seconds", "hard_limit_fraction")
+
+
+def typed_settings(s: dict) -> dict:
+    """The role's settings with their numbers and booleans typed (``_typed``: ansible-core < 2.19)."""
+    return _typed.typed(s, INTS, FLOATS, ("encrypt",))
 
 
 def check_settings(s: dict) -> list:
@@ -29,6 +40,7 @@ def check_settings(s: dict) -> list:
 
     The role's plan runs this on the controller before anything touches a node; preflight again.
     """
+    s = typed_settings(s)
     errors = []
 
     def need(ok, text):
@@ -172,6 +184,7 @@ def plan(members: dict, hosts: list, alive: list, settings: dict, node: str = ""
 
     Returns ``dict(ok, errors, message, node, owner, choice, expected_size, rates, report)``.
     """
+    settings = typed_settings(settings)
     errors = [f"settings: {text}" for text in check_settings(settings)]
     hosts = list(hosts or [])
     expected = int(expected_size) if expected_size and int(expected_size) > 0 else len(hosts)

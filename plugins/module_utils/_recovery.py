@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from ansible_collections.dbtools.galera.plugins.module_utils import _binlog, _catalog, _manifest, _paths, _restore
+from ansible_collections.dbtools.galera.plugins.module_utils import _binlog, _catalog, _manifest, _paths, _restore, _typed
 
 JOINER_MODES = ("ist", "sst")
 LOCAL = "local"
@@ -104,8 +104,14 @@ def server_config(options: dict, datadir: str = "") -> dict:
 # ---------------------------------------------------------------------------------------------
 # Settings
 
+def typed_settings(s: dict) -> dict:
+    """The role's settings with their numbers and booleans typed (``_typed``: ansible-core < 2.19)."""
+    return _typed.typed(s, ("timeout", "sync_timeout"), (), ("fresh_backup", "allow_sst"))
+
+
 def check_settings(s: dict, hosts=None) -> list:
     """The settings' errors (one text each) from their text alone; [] when they are fine."""
+    s = typed_settings(s)
     errors = []
     datadir = s.get("datadir") or ""
     if datadir:
@@ -327,6 +333,7 @@ def cluster_name_of(facts: dict, hosts: list, given: str = "") -> tuple:
 def plan_cluster(facts: dict, hosts: list, s: dict) -> dict:
     """The whole-cluster restore: refusals (R2: never beside a running Primary component without the
     operator's confirmation naming the cluster), the backup, the first node, the joiners."""
+    s = typed_settings(s)
     answered = [h for h in hosts if isinstance(facts.get(h), dict) and facts[h].get("config")]
     errors = [f"{h}: its inspection failed: {(facts.get(h) or {}).get('msg') or 'no result'}"
               for h in hosts if h not in answered]
@@ -399,6 +406,7 @@ def plan_rebuild(facts: dict, hosts: list, target: str, s: dict) -> dict:
     """One lost node brought back: the target must not run a server, the others must hold a Primary
     component with at least one Synced member; the newest backup of the cluster and whether the
     donors' gcache still holds what a node at its position lacks."""
+    s = typed_settings(s)
     errors = []
     if target not in hosts:
         errors.append(f"galera_restore_node={target!r} is not a host of the play ({', '.join(hosts)})")

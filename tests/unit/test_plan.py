@@ -121,6 +121,24 @@ def test_bad_settings_are_named(over, text):
     assert any(text in e for e in errors), errors
 
 
+def as_old_cores_render(settings):
+    """The settings dict as ansible-core 2.16-2.18 render the role's "{{ x | int }}" values: strings."""
+    return {k: (str(v) if isinstance(v, (bool, int, float)) else v) for k, v in settings.items()}
+
+
+def test_settings_rendered_as_strings_by_older_cores_are_typed_before_the_rules():
+    # Failed with "'>=' not supported between instances of 'str' and 'int'" under ansible-core 2.16, and
+    # encrypt="False" counted as true.
+    old = as_old_cores_render(dict(GOOD, drain_timeout=300, min_free_fraction=0.05, hard_limit_fraction=0.5))
+    assert old["encrypt"] == "False" and old["lease_ttl"] == "300"
+    assert _plan.check_settings(old) == []
+    assert _plan.plan(healthy(), HOSTS, HOSTS, old)["ok"]
+    assert _plan.typed_settings(old)["encrypt"] is False and _plan.typed_settings(old)["min_free_fraction"] == 0.05
+    errors = _plan.check_settings(as_old_cores_render(dict(GOOD, lease_ttl=5, encrypt=True)))
+    assert any("lease_ttl=5 must be at least 10" in e for e in errors)
+    assert any("neither galera_backup_encrypt_key nor" in e for e in errors)
+
+
 def test_bad_settings_refuse_the_plan():
     result = _plan.plan(healthy(), HOSTS, HOSTS, dict(GOOD, dir="/"))
     assert not result["ok"] and result["errors"][0].startswith("settings: galera_backup_dir=/")

@@ -365,6 +365,17 @@ def test_a_command_the_plan_needs_and_cannot_run_refuses_before_anything_changes
     assert plan["errors"] == ["galera-node2 must stop its server: galera_restore_stop_command is not set"]
 
 
+def test_settings_rendered_as_strings_by_older_cores_are_typed():
+    # ansible-core 2.16-2.18 render the role's "{{ x | int }}" and "{{ x | bool }}" values as strings.
+    old = settings(timeout="3600", sync_timeout="600", fresh_backup="False", allow_sst="False")
+    assert _recovery.check_settings(old, HOSTS) == []
+    plan = _recovery.plan_rebuild(running_cluster(cached=(900, 950)), HOSTS, "galera-node3", old)
+    assert not plan["ok"] and plan["mode"] == "ist"  # "False" is false: no SST fallback
+    assert _recovery.plan_rebuild(running_cluster(cached=(900, 950)), HOSTS, "galera-node3",
+                                  dict(old, allow_sst="True"))["mode"] == "sst"
+    assert "must be a positive number" in _recovery.check_settings(settings(timeout="0"), HOSTS)[0]
+
+
 def test_a_node_that_could_not_be_inspected_is_refused():
     facts = stopped_cluster()
     facts["galera-node2"] = dict(failed=True, msg="my_print_defaults is not installed here")
