@@ -100,7 +100,9 @@ def test_the_s3_stream_is_complete_there_verified_and_nothing_is_left_in_flight(
         assert hashlib.sha256(body).hexdigest() == digest, name
     # Exactly the backup's files: no run record left, nothing unlisted.
     assert sorted(k[len(prefix):] for k in keys) == sorted(listed + ["SHA256SUMS", "manifest.json"])
-    assert {"backup.xbstream.zst.enc", "tables.json", "backup.log", "meta/xtrabackup_checkpoints"} <= set(listed)
+    assert {"backup.xbstream.zst.enc", "tables.json", "backup.log"} <= set(listed)
+    # MariaDB 11 names mariabackup's metadata files mariadb_backup_*, 10.x xtrabackup_*.
+    assert {"meta/xtrabackup_checkpoints", "meta/mariadb_backup_checkpoints"} & set(listed), listed
     assert not client.list_multipart_uploads(Bucket=bucket, Prefix="stream/").get("Uploads")
 
 
