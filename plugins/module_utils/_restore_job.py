@@ -153,18 +153,23 @@ def read_defaults(runner, defaults_file: str | None) -> dict:
     return _recovery.parse_defaults(out.splitlines())
 
 
-def process_alive(pid_file: str | None) -> bool:
-    """True when ``pid_file`` names a live mariadbd/mysqld process."""
+def server_pid(pid_file: str | None) -> int | None:
+    """The pid of the live mariadbd/mysqld process ``pid_file`` names, or None."""
     if not pid_file:
-        return False
+        return None
     try:
         with open(pid_file, "r", encoding="ascii", errors="replace") as handle:
             pid = int(handle.read().strip() or 0)
         with open(f"/proc/{pid}/comm", "r", encoding="ascii", errors="replace") as handle:
             comm = handle.read().strip()
     except (OSError, ValueError):
-        return False
-    return pid > 0 and _proc.pid_alive(pid) and comm in ("mariadbd", "mysqld")
+        return None
+    return pid if pid > 0 and _proc.pid_alive(pid) and comm in ("mariadbd", "mysqld") else None
+
+
+def process_alive(pid_file: str | None) -> bool:
+    """True when ``pid_file`` names a live mariadbd/mysqld process."""
+    return server_pid(pid_file) is not None
 
 
 def server_state(params: dict, config: dict) -> dict:
@@ -242,8 +247,12 @@ def inspect(runner, params: dict) -> dict:
     msg = (f"{config['datadir']}: {running}; "
            f"{len(source['backups'])} backup(s) at {source['url'] or source['kind']}")
     systemd = _proc.systemd_running()
+    unit, given = service_of(params), given_commands(params)
+    state = _service.unit_state(runner, unit) if systemd and not all(given.get(a) for a in _service.ACTIONS) else None
+    pid = server_pid(config.get("pid_file"))
+    serving = dict(pid=pid, pid_file=config.get("pid_file"), unit=_service.unit_of_pid(pid))
     return dict(changed=False, config=config, server=server, datadir=datadir_state(config["datadir"]),
-                systemd=systemd, commands=_service.report(given_commands(params), systemd, service_of(params)),
+                systemd=systemd, commands=_service.report(given, systemd, unit, state, serving),
                 source=source, host=socket.gethostname(), msg=msg)
 
 

@@ -100,10 +100,74 @@ def locate(program: str) -> str | None:
     return None
 
 
-def report(given: dict, systemd: bool, unit: str = DEFAULT_UNIT) -> dict:
+def unit_state(runner, unit: str) -> dict | None:
+    """systemd's view of ``unit``: ``dict(Id, LoadState, ActiveState, MainPID)`` (``Id`` resolves an alias such
+    as mysql.service), or None when systemctl cannot tell."""
+    tool = locate("systemctl")
+    if not tool or not _paths.printable(unit) or unit.startswith("-") or "/" in unit:
+        return None
+    rc, out, _err = runner.run_command([tool, "show", "--property=Id,LoadState,ActiveState,MainPID", unit],
+                                       environ_update=dict(LC_ALL="C"), expand_user_and_vars=False)
+    if rc != 0:
+        return None
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def unit_of_pid(pid: int | None, proc: str = "/proc") -> str | None:
+    """The systemd service whose control group holds process ``pid`` (``/proc/<pid>/cgroup``: the
+    ``name=systemd`` hierarchy of cgroup v1, the unified one of v2), or None: not a service's (a login
+    session's scope, a container's own group) or not readable."""
+    if not pid:
+        return None
+    try:
+        with open(f"{proc}/{int(pid)}/cgroup", "r", encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, ValueError):
+        return None
+    paths = {}
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            paths[parts[1]] = parts[2]
+    path = paths.get("name=systemd", paths.get(""))
+    if not path:
+        return None
+    units = [part for part in path.split("/") if part.endswith(".service")]
+    return units[-1] if units else None
+
+
+def unit_problem(action: str, unit: str, state: dict | None, server: dict | None) -> str | None:
+    """Why the default command of ``action`` (``systemctl <start|stop> unit``, ``galera_new_cluster``) would not
+    act on this node's server: systemd has no such unit, or (``stop``, the server running with pid
+    ``server['pid']``) another unit runs it or none does. ``server['unit']`` is the unit that runs it
+    (``unit_of_pid``). None when it would, or when nothing can be told."""
+    if state is None:
+        return None
+    variable = VARIABLES[action]
+    if state.get("LoadState") != "loaded":
+        return (f"galera_restore_service={unit!r}: systemd has no such unit on this host (LoadState "
+                f"{state.get('LoadState') or 'unknown'}): name the unit that runs this node's server (with several "
+                f"servers per host, its instance such as mariadb@NAME), or set {variable}")
+    if action != "stop" or not (server or {}).get("pid"):
+        return None
+    owner = server.get("unit")
+    if owner == state.get("Id"):
+        return None
+    where = f"the unit {owner}" if owner else "no systemd service (started by hand or by another tool)"
+    return (f"galera_restore_service={unit!r} ({state.get('Id')}, {state.get('ActiveState')}) does not run this node's "
+            f"server: its process {server['pid']} (pid file {server.get('pid_file')}) belongs to {where}. "
+            f"systemctl stop {state.get('Id')} would not stop it"
+            + (" and would stop another server" if state.get("ActiveState") == "active" else "")
+            + f": set galera_restore_service{' to ' + repr(owner) if owner else ''} or {variable}")
+
+
+def report(given: dict, systemd: bool, unit: str = DEFAULT_UNIT, state: dict | None = None,
+           server: dict | None = None) -> dict:
     """For each action, ``dict(argv, problem)``: the command it would run (its program found on this
-    host) and None, or why it cannot run (not set, not found, a wrong value): read before anything
-    changes, so that a restore refuses instead of failing after the data directories were swapped."""
+    host) and None, or why it cannot run (not set, not found, a wrong value, a default whose unit is not
+    this server's: ``unit_problem`` with systemd's ``state`` of the unit and the running ``server``): read
+    before anything changes, so that a restore refuses instead of failing after the data directories were
+    swapped, or stopping another server."""
     try:
         cmds = commands(given, systemd, unit)
     except GaleraError as exc:
@@ -118,6 +182,8 @@ def report(given: dict, systemd: bool, unit: str = DEFAULT_UNIT) -> dict:
                                                    f"{'' if (given or {}).get(action) else ', the default'}) is not an "
                                                    "executable program on this host (PATH and the sbin directories): "
                                                    f"install it or set {VARIABLES[action]}"))
+        elif not (given or {}).get(action):
+            out[action] = dict(argv=argv, problem=unit_problem(action, unit or DEFAULT_UNIT, state, server))
         else:
             out[action] = dict(argv=argv, problem=None)
     return out

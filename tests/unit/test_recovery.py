@@ -172,6 +172,74 @@ def test_unit_names_are_checked(unit):
         _service.commands({}, systemd=True, unit=unit)
 
 
+def cgroup_file(tmp_path, pid, text):
+    (tmp_path / str(pid)).mkdir()
+    (tmp_path / str(pid) / "cgroup").write_text(text)
+    return str(tmp_path)
+
+
+def test_the_service_that_runs_a_process_is_read_from_its_cgroup(tmp_path):
+    # cgroup v1 (the name=systemd hierarchy; a container's prefix before it), v2, a login session, none.
+    proc = cgroup_file(tmp_path, 11, "12:pids:/docker/ab/system.slice/x.service\n"
+                                     "1:name=systemd:/docker/ab/system.slice/mariadb@db2.service\n")
+    assert _service.unit_of_pid(11, proc) == "mariadb@db2.service"
+    cgroup_file(tmp_path, 12, "0::/system.slice/mariadb.service\n")
+    assert _service.unit_of_pid(12, proc) == "mariadb.service"
+    cgroup_file(tmp_path, 13, "0::/user.slice/user-0.slice/session-4.scope\n")
+    assert _service.unit_of_pid(13, proc) is None
+    assert _service.unit_of_pid(14, proc) is None
+    assert _service.unit_of_pid(None, proc) is None
+
+
+def test_systemds_state_of_the_unit_comes_from_systemctl_show(monkeypatch):
+    monkeypatch.setattr(_service, "locate", lambda program: "/usr/bin/" + program)
+    runner = Runner(out="Id=mariadb.service\nLoadState=loaded\nActiveState=active\nMainPID=42\n")
+    assert _service.unit_state(runner, "mysql") == dict(Id="mariadb.service", LoadState="loaded",
+                                                        ActiveState="active", MainPID="42")
+    assert runner.calls == [["/usr/bin/systemctl", "show", "--property=Id,LoadState,ActiveState,MainPID", "mysql"]]
+    # A name systemctl would read as an option is never passed to it.
+    assert _service.unit_state(runner, "--all") is None and len(runner.calls) == 1
+    assert _service.unit_state(Runner(rc=1), "mariadb") is None
+
+
+LOADED = dict(Id="mariadb.service", LoadState="loaded", ActiveState="active", MainPID="42")
+
+
+def test_a_default_command_of_a_unit_that_does_not_run_this_server_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(_service, "locate", lambda program: "/usr/bin/" + program)
+    serving = dict(pid=42, pid_file="/run/mysqld/mysqld.pid", unit="mariadb.service")
+    # The unit runs this server: nothing to say; nor through an alias that resolves to it.
+    assert all(r["problem"] is None for r in _service.report({}, True, "mariadb", LOADED, serving).values())
+    alias = _service.report({}, True, "mysql", LOADED, serving)
+    assert alias["start"]["problem"] is None and alias["stop"]["problem"] is None
+    # systemd has no such unit: every default command is refused, naming the variable.
+    missing = dict(Id="mariadb-typo.service", LoadState="not-found", ActiveState="inactive", MainPID="0")
+    report = _service.report({}, True, "mariadb-typo", missing, dict(pid=None))
+    assert report["start"]["problem"].startswith("galera_restore_service='mariadb-typo': systemd has no such unit on "
+                                                 "this host (LoadState not-found)")
+    assert report["start"]["problem"].endswith("or set galera_restore_start_command")
+    assert "galera_restore_stop_command" in report["stop"]["problem"]
+    # Another server's unit (several servers per host): stopping it would stop that one, not this.
+    other = dict(Id="mariadb@db1.service", LoadState="loaded", ActiveState="active", MainPID="77")
+    report = _service.report({}, True, "mariadb@db1", other, dict(serving, unit="mariadb@db2.service"))
+    assert report["stop"]["problem"] == (
+        "galera_restore_service='mariadb@db1' (mariadb@db1.service, active) does not run this node's server: its "
+        "process 42 (pid file /run/mysqld/mysqld.pid) belongs to the unit mariadb@db2.service. systemctl stop "
+        "mariadb@db1.service would not stop it and would stop another server: set galera_restore_service to "
+        "'mariadb@db2.service' or galera_restore_stop_command")
+    assert report["start"]["problem"] is None
+    # A server started by hand: no unit stops it.
+    report = _service.report({}, True, "mariadb", dict(LOADED, ActiveState="inactive", MainPID="0"),
+                             dict(serving, unit=None))
+    assert "belongs to no systemd service (started by hand or by another tool)" in report["stop"]["problem"]
+    assert "would stop another server" not in report["stop"]["problem"]
+    # A given stop command is the operator's: the unit is not asked about it.
+    given = _service.report(dict(stop=["/usr/bin/true"]), True, "mariadb", missing, serving)
+    assert given["stop"]["problem"] is None and given["start"]["problem"]
+    # systemd could not tell: the checks that can be made are.
+    assert _service.report({}, True, "mariadb", None, serving)["stop"]["problem"] is None
+
+
 class Runner:
     def __init__(self, rc=0, out="", err=""):
         self.rc, self.out, self.err, self.calls = rc, out, err, []
