@@ -183,7 +183,8 @@ echo "$(sha256sum < SHA256SUMS | cut -c1-64) $(wc -l < SHA256SUMS) $(du -sb . | 
 
 
 @pytest.fixture(scope="session")
-def lab():
+def controller():
+    """A working Docker engine, and this checkout as the collection ansible-playbook finds (COLLECTIONS)."""
     if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True,
                                                         check=False).returncode != 0:
         pytest.fail("these tests need a working Docker engine")
@@ -191,6 +192,10 @@ def lab():
     if not os.path.exists(link):
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(ROOT, link)
+
+
+@pytest.fixture(scope="session")
+def lab(controller):  # pylint: disable=unused-argument,redefined-outer-name
     image = node_image()
     # A fixed place (ignored by git): a session killed before its teardown is cleaned up by the next.
     workdir = os.path.join(ROOT, ".build", "copytest")
