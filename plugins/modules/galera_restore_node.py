@@ -65,7 +65,9 @@ options:
     description: The server's error log, when the configuration names none (C(log_error)).
     type: path
   service:
-    description: The systemd unit of the server (the default commands, and its journal when there is no error log).
+    description:
+      - The systemd unit of the server (the default commands, and its journal when there is no error log).
+      - With the default commands, V(inspect) checks that systemd knows it and that it runs this node's server.
     type: str
     default: mariadb
   id:
@@ -163,6 +165,9 @@ commands:
     - For each action (C(start), C(bootstrap), C(stop)) the command it would run (C(argv)) and, when it cannot, why
       (C(problem)) (V(inspect)). The restore plan refuses a node whose command for what the plan needs there has a
       problem, before anything changes.
+    - A default command (systemd runs and the command is not given) has a problem when systemd does not know
+      O(service), or, for C(stop) while the server runs, when the server's process (its pid file) is not in that
+      unit's control group.
   returned: when O(step=inspect)
   type: dict
 source:
