@@ -113,18 +113,22 @@ class Lab:
         self.inventory = os.path.join(workdir, "inventory.ini")
         self.runs = 0
 
-    def playbook(self, name: str, *extra: str, check=True) -> subprocess.CompletedProcess:
-        """ansible-playbook of one of the collection's playbooks on the lab; its whole output is kept in a file."""
+    def run(self, target: str, *extra: str, **env_extra: str) -> tuple:
+        """ansible-playbook of ``target`` (a playbook name or file) on the lab: (argv, completed process)."""
         self.runs += 1
         env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1",
                    ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_PIPELINING="1", ANSIBLE_HOST_KEY_CHECKING="0",
-                   ANSIBLE_LOCAL_TEMP=os.path.join(self.workdir, "tmp"))
+                   ANSIBLE_LOCAL_TEMP=os.path.join(self.workdir, "tmp"), **env_extra)
         binary = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
         if not os.path.exists(binary):
             binary = shutil.which("ansible-playbook")
-        argv = [binary, "-i", self.inventory, f"dbtools.galera.{name}", *extra]
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=self.workdir, check=False,
-                              timeout=1800)
+        argv = [binary, "-i", self.inventory, target, *extra]
+        return argv, subprocess.run(argv, capture_output=True, text=True, env=env, cwd=self.workdir, check=False,
+                                    timeout=1800)
+
+    def playbook(self, name: str, *extra: str, check=True) -> subprocess.CompletedProcess:
+        """ansible-playbook of one of the collection's playbooks on the lab; its whole output is kept in a file."""
+        argv, proc = self.run(f"dbtools.galera.{name}", *extra)
         log = os.path.join(self.workdir, f"run{self.runs}-{name}.log")
         with open(log, "w", encoding="utf-8") as handle:
             handle.write(shlex.join(argv) + "\n" + proc.stdout + proc.stderr)
@@ -325,15 +329,10 @@ def module(lab, node: str, name: str, args: dict) -> dict:
     """One module call on a node through ansible-playbook (docker connection); its result."""
     play = [{"name": name, "hosts": node, "gather_facts": False,
              "tasks": [{"name": name, f"dbtools.galera.{name}": args}]}]
-    path = os.path.join(lab.workdir, f"module-{lab.runs}.yml")
-    lab.runs += 1
+    path = os.path.join(lab.workdir, f"module-{lab.runs + 1}.yml")
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(play, handle)
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_LOCAL_TEMP=os.path.join(lab.workdir, "tmp"))
-    binary = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-    proc = subprocess.run([binary if os.path.exists(binary) else "ansible-playbook", "-i", lab.inventory, path],
-                          capture_output=True, text=True, env=env, cwd=lab.workdir, check=False)
+    _argv, proc = lab.run(path, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
     try:
         return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"][node]
     except (ValueError, KeyError, IndexError) as exc:
