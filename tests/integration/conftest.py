@@ -36,6 +36,21 @@ NODE_KEY = "/root/.ssh/store_ed25519"
 NODE_KNOWN_HOSTS = "/root/.ssh/store_known_hosts"
 
 
+def ansible_playbook(workdir: str, inventory: str, target: str, *extra: str, **env_extra: str) -> tuple:
+    """ansible-playbook of ``target`` (a playbook name or file) with ``inventory``, run in ``workdir`` with the
+    collection of this checkout and plain output (``env_extra`` adds to the environment): (argv, completed
+    process)."""
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1",
+               ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_PIPELINING="1", ANSIBLE_HOST_KEY_CHECKING="0",
+               ANSIBLE_LOCAL_TEMP=os.path.join(workdir, "tmp"), **env_extra)
+    binary = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    if not os.path.exists(binary):
+        binary = shutil.which("ansible-playbook")
+    argv = [binary, "-i", inventory, target, *extra]
+    return argv, subprocess.run(argv, capture_output=True, text=True, env=env, cwd=workdir, check=False,
+                                timeout=1800)
+
+
 def docker(*args, check=True, input_text=None):
     proc = subprocess.run(["docker", *args], capture_output=True, text=True, input=input_text, check=False)
     if check and proc.returncode != 0:
@@ -161,15 +176,8 @@ echo "$(sha256sum < SHA256SUMS | cut -c1-64) $(wc -l < SHA256SUMS) $(du -sb . | 
         playbook = os.path.join(self.workdir, f"play{self.runs}.yml")
         with open(playbook, "w", encoding="utf-8") as handle:
             json.dump(play, handle)
-        inventory = os.path.join(self.workdir, "inventory.ini")
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-                   ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_PIPELINING="1",
-                   ANSIBLE_LOCAL_TEMP=os.path.join(self.workdir, "tmp"))
-        playbook_bin = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-        if not os.path.exists(playbook_bin):
-            playbook_bin = shutil.which("ansible-playbook")
-        proc = subprocess.run([playbook_bin, "-i", inventory, playbook], capture_output=True, text=True, env=env,
-                              cwd=self.workdir, check=False)
+        _argv, proc = ansible_playbook(self.workdir, os.path.join(self.workdir, "inventory.ini"), playbook,
+                                       ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
         try:
             report = json.loads(proc.stdout)
             result = report["plays"][0]["tasks"][0]["hosts"]["node"]

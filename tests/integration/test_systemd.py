@@ -26,8 +26,9 @@ import time
 
 import pytest
 
+from conftest import ansible_playbook
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 WORKDIR = os.path.join(ROOT, ".build", "systemdtest")
 NETWORK = "dbtools-systemd"
 NODES = ["dbtools-sd-node1", "dbtools-sd-node2", "dbtools-sd-node3"]
@@ -116,15 +117,7 @@ class Lab:
     def run(self, target: str, *extra: str, **env_extra: str) -> tuple:
         """ansible-playbook of ``target`` (a playbook name or file) on the lab: (argv, completed process)."""
         self.runs += 1
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1",
-                   ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_PIPELINING="1", ANSIBLE_HOST_KEY_CHECKING="0",
-                   ANSIBLE_LOCAL_TEMP=os.path.join(self.workdir, "tmp"), **env_extra)
-        binary = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-        if not os.path.exists(binary):
-            binary = shutil.which("ansible-playbook")
-        argv = [binary, "-i", self.inventory, target, *extra]
-        return argv, subprocess.run(argv, capture_output=True, text=True, env=env, cwd=self.workdir, check=False,
-                                    timeout=1800)
+        return ansible_playbook(self.workdir, self.inventory, target, *extra, **env_extra)
 
     def playbook(self, name: str, *extra: str, check=True) -> subprocess.CompletedProcess:
         """ansible-playbook of one of the collection's playbooks on the lab; its whole output is kept in a file."""
